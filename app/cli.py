@@ -1,0 +1,136 @@
+"""``logprobe``: argument parsing plus calls into ``storage``; the terminal belongs to this module."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+import duckdb
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from rich.console import Console
+from rich.table import Table
+
+import storage
+
+FORMATS = ("table", "csv", "json")
+root_option = click.option(
+    "--root",
+    envvar=storage.ROOT_ENV,
+    default=storage.DEFAULT_ROOT,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help=f"Data root (also ${storage.ROOT_ENV}).",
+)
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="logprobe")
+def main() -> None:
+    """logprobe: watch the logprob mismatch between your rollout engine and your trainer."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@root_option
+@format_option
+@click.option(
+    "--stale-after",
+    default=300.0,
+    show_default=True,
+    help="Seconds without a write after which an unfinished run counts as stale.",
+)
+def runs(root: str, fmt: str, stale_after: float) -> None:
+    """List runs: status (live / finished / stale), last step, last write, points logged."""
+    with storage.Store(root) as store:
+        table = storage.list_runs(store, stale_after_s=stale_after)
+    table = table.select(
+        [
+            "run_id",
+            "name",
+            "project",
+            "status",
+            "last_step",
+            "points",
+            "processes",
+            "last_write",
+            "created_at",
+        ]
+    )
+    _emit(table, fmt)
+
+
+@main.command()
+@click.argument("sql")
+@root_option
+@format_option
+def query(sql: str, root: str, fmt: str) -> None:
+    """Run one read-only SQL statement over the store.
+
+    Tables: runs, engines, metrics, events, histograms, tokens, alerts (each with a run_id column),
+    and bad_files (files skipped as unreadable). Only files under the root can be read.
+
+    Example: logprobe query "SELECT run_id, avg(value) FROM metrics WHERE name = 'mismatch/k3' GROUP BY ALL"
+    """
+    with storage.Store(root, confined=True) as store:
+        try:
+            result = store.read_only_query(sql)
+        except storage.QueryError as exc:
+            raise click.UsageError(str(exc)) from exc
+        except duckdb.Error as exc:
+            raise click.ClickException(f"query failed: {exc}") from exc
+    _emit(result, fmt)
+
+
+@main.command()
+@root_option
+@click.option("--run", "run_ids", multiple=True, help="Only this run (repeatable). Default: all runs.")
+@click.option(
+    "--min-files", default=2, show_default=True, help="Merge partitions with at least this many files."
+)
+def compact(root: str, run_ids: tuple[str, ...], min_files: int) -> None:
+    """Merge each run's small files into one file per table (safe while runs are live)."""
+    report = storage.compact(root, run_ids=list(run_ids) or None, min_files=min_files)
+    console = Console(stderr=True)
+    console.print(
+        f"merged {report.files_merged} files into {report.files_written} "
+        f"({report.rows} rows) over {report.partitions} partitions; "
+        f"removed {report.leftovers_removed} leftovers; {report.skipped_locked} partitions busy"
+    )
+    for path, reason in report.bad_files.items():
+        console.print(f"[yellow]skipped unreadable file {path}: {reason}[/yellow]")
+
+
+def _emit(table: pa.Table, fmt: str) -> None:
+    if fmt == "csv":
+        pacsv.write_csv(table, sys.stdout.buffer)
+    elif fmt == "json":
+        click.echo(json.dumps(table.to_pylist(), default=str, indent=1))
+    else:
+        view = Table(show_lines=False)
+        for name in table.column_names:
+            view.add_column(name, overflow="fold")
+        for row in table.to_pylist():
+            view.add_row(*("" if v is None else _cell(v) for v in row.values()))
+        Console().print(view)
+        Console(stderr=True).print(f"{table.num_rows} row(s)")
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()

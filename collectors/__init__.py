@@ -1,0 +1,23 @@
+"""Code that runs inside the trainer (and, later, inside vLLM processes) and logs to the store.
+
+torch is imported here because every collector works on tensors; vLLM is imported lazily by the
+modules that need it, and the dashboard never imports this package.
+"""
+
+__version__ = "0.1.0"
+
+from collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, compute_mismatch
+from collectors._rl_stats import rl_stats, token_entropy
+from collectors._run import Run, init
+
+__all__ = [
+    "HIST_EDGES",
+    "MISMATCH_METRICS",
+    "MismatchResult",
+    "Run",
+    "__version__",
+    "compute_mismatch",
+    "init",
+    "rl_stats",
+    "token_entropy",
+]

@@ -1,0 +1,125 @@
+"""The standard RL health metrics from tensors the trainer already has, in one host transfer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from collectors._tensors import as_mask, as_tensor, same_shape
+
+DEFAULT_CLIP_EPS = 0.2
+DEFAULT_ENTROPY_CHUNK = 4096
+
+
+def rl_stats(
+    *,
+    logprobs: Any = None,
+    old_logprobs: Any = None,
+    advantages: Any = None,
+    ref_logprobs: Any = None,
+    logits: Any = None,
+    entropy: Any = None,
+    mask: Any = None,
+    rewards: Any = None,
+    response_lengths: Any = None,
+    clip_eps: float = DEFAULT_CLIP_EPS,
+    clip_eps_high: float | None = None,
+    entropy_chunk: int = DEFAULT_ENTROPY_CHUNK,
+) -> dict[str, float]:
+    """Whichever of these the given tensors allow, as plain floats (log them with ``Run.log``):
+
+    - ``train/clip_frac``: tokens where PPO's clipped surrogate is the active branch (verl's
+      ``pg_clipfrac``: ``-A * clip(r, 1-eps, 1+eps_high) > -A * r``), ``r = exp(logprobs - old)``;
+      and ``train/ppo_kl`` = mean(old - new) (k1). Needs logprobs, old_logprobs, advantages
+      (per token, or per sequence ``[B]`` broadcast over tokens).
+    - ``train/kl_ref``: k3 estimator of KL(policy || reference), mean(exp(ref - lp) - (ref - lp) - 1).
+    - ``train/entropy``: mean token entropy, from ``logits`` ``[..., V]`` in row chunks (never a
+      full-vocabulary float copy of the whole batch), or from a given per-token ``entropy``.
+    - ``reward/mean``, ``reward/std`` (population), ``response/length_mean|min|max`` (from
+      ``response_lengths``, else from the mask of ``[B, T]`` tokens).
+    """
+    names: list[str] = []
+    values: list[torch.Tensor] = []
+    ref = next((x for x in (logprobs, logits, entropy, rewards) if isinstance(x, torch.Tensor)), None)
+    device = ref.device if ref is not None else None
+
+    token_shape_source = next((x for x in (logprobs, entropy) if x is not None), None)
+    tokens = None
+    m = None
+    if token_shape_source is not None:
+        tokens = as_tensor("logprobs" if logprobs is not None else "entropy", token_shape_source, device)
+        m = as_mask(mask, tokens).to(torch.float64)
+    elif logits is not None:
+        lg = as_tensor("logits", logits, device)
+        m = as_mask(mask, lg[..., 0]).to(torch.float64)
+
+    def masked_mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * m).sum() / m.sum().clamp_min(1.0)
+
+    if logprobs is not None:
+        lp = tokens.to(torch.float64)
+        if old_logprobs is not None and advantages is not None:
+            old = as_tensor("old_logprobs", old_logprobs, lp.device).to(torch.float64)
+            same_shape("old_logprobs", old, "logprobs", lp)
+            adv = as_tensor("advantages", advantages, lp.device).to(torch.float64)
+            if adv.shape != lp.shape:
+                if adv.ndim == 1 and lp.ndim == 2 and adv.shape[0] == lp.shape[0]:
+                    adv = adv[:, None].expand_as(lp)
+                else:
+                    raise ValueError(
+                        f"advantages has shape {tuple(adv.shape)} but logprobs has shape "
+                        f"{tuple(lp.shape)}; give one per token or one per sequence"
+                    )
+            ratio = torch.exp(lp - old)
+            high = clip_eps if clip_eps_high is None else clip_eps_high
+            unclipped = -adv * ratio
+            clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
+            names += ["train/clip_frac", "train/ppo_kl"]
+            values += [masked_mean((clipped > unclipped).to(torch.float64)), masked_mean(old - lp)]
+        if ref_logprobs is not None:
+            ref_lp = as_tensor("ref_logprobs", ref_logprobs, lp.device).to(torch.float64)
+            same_shape("ref_logprobs", ref_lp, "logprobs", lp)
+            diff = ref_lp - lp
+            names.append("train/kl_ref")
+            values.append(masked_mean(torch.exp(diff) - diff - 1.0))
+
+    if entropy is not None:
+        names.append("train/entropy")
+        values.append(masked_mean(as_tensor("entropy", entropy, device).to(torch.float64)))
+    elif logits is not None:
+        names.append("train/entropy")
+        values.append(masked_mean(token_entropy(as_tensor("logits", logits, device), entropy_chunk)))
+
+    if rewards is not None:
+        rw = as_tensor("rewards", rewards, device).to(torch.float64).reshape(-1)
+        if rw.numel():
+            names += ["reward/mean", "reward/std"]
+            values += [rw.mean(), rw.std(correction=0)]
+
+    lengths = None
+    if response_lengths is not None:
+        lengths = as_tensor("response_lengths", response_lengths, device).to(torch.float64).reshape(-1)
+    elif m is not None and m.ndim == 2:
+        lengths = m.sum(dim=-1)
+    if lengths is not None and lengths.numel():
+        names += ["response/length_mean", "response/length_min", "response/length_max"]
+        values += [lengths.mean(), lengths.min(), lengths.max()]
+
+    if not values:
+        return {}
+    host = torch.stack([v.to(torch.float64).to(values[0].device) for v in values]).cpu().tolist()
+    return dict(zip(names, host, strict=True))
+
+
+def token_entropy(logits: torch.Tensor, chunk: int = DEFAULT_ENTROPY_CHUNK) -> torch.Tensor:
+    """Per-token entropy of softmax(logits) over the last axis, ``chunk`` rows at a time in float32."""
+    if chunk < 1:
+        raise ValueError(f"entropy_chunk must be >= 1, got {chunk}")
+    flat = logits.reshape(-1, logits.shape[-1])
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    for start in range(0, flat.shape[0], chunk):
+        block = flat[start : start + chunk].float()
+        logz = torch.logsumexp(block, dim=-1)
+        out[start : start + chunk] = logz - (torch.softmax(block, dim=-1) * block).sum(dim=-1)
+    return out.reshape(logits.shape[:-1])

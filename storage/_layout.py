@@ -1,0 +1,57 @@
+"""Where files live: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet``.
+
+Every name that ends up in a path is checked here, so a run id can never climb out of the root or
+collide with the temp files that make writes atomic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from storage._schema import TABLES
+
+DEFAULT_ROOT = "./logprobe-data"
+ROOT_ENV = "LOGPROBE_DIR"
+SUFFIX = ".parquet"
+TMP_PREFIX = "."  # temp files are hidden and end in .tmp, so no reader glob ever matches them
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def resolve_root(root: str | os.PathLike[str] | None) -> Path:
+    """The data root: the argument, else ``$LOGPROBE_DIR``, else ``./logprobe-data``."""
+    chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    return Path(chosen).expanduser().absolute()
+
+
+def check_name(kind: str, value: object) -> str:
+    """Return ``value`` if it is safe as one path component, else raise a ValueError naming it."""
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value.endswith(".tmp"):
+        raise ValueError(
+            f"invalid {kind} {value!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_table(table: str) -> str:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
+    return table
+
+
+def partition_dir(root: Path, table: str, run_id: str) -> Path:
+    return root / table / f"run_id={run_id}"
+
+
+def data_file_name(writer_id: str, seq: int) -> str:
+    return f"{writer_id}-{seq:08d}{SUFFIX}"
+
+
+def temp_path(final: Path) -> Path:
+    return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.tmp")
+
+
+def run_id_of(partition: Path) -> str:
+    return partition.name.split("=", 1)[1]

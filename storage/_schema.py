@@ -1,0 +1,148 @@
+"""Typed Arrow schemas for every table, in one place.
+
+Schemas evolve by adding columns, never by renaming or retyping one: readers union files by column
+name, so an old file simply shows NULL for a column that a newer writer added. ``run_id`` is not a
+column inside the files; it lives in the Hive partition directory (``run_id=<id>``), which is what
+DuckDB, Spark, Trino and Polars all expect.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts")
+
+_ts = pa.timestamp("us", tz="UTC")
+
+# Columns every row carries to say which process wrote it.
+_origin = [
+    pa.field("source", pa.string()),  # "trainer" | "rollout" | anything the user names
+    pa.field("rank", pa.int32()),
+    pa.field("worker", pa.string()),
+]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "runs": pa.schema(
+        [
+            pa.field("name", pa.string()),
+            pa.field("project", pa.string()),
+            pa.field("created_at", _ts),
+            pa.field("host", pa.string()),
+            pa.field("pid", pa.int64()),
+            pa.field("git_sha", pa.string()),
+            pa.field("tags", pa.list_(pa.string())),
+            pa.field("config", pa.string()),  # JSON of the user's config
+            pa.field("logprobe_version", pa.string()),
+            *_origin,
+        ]
+    ),
+    "engines": pa.schema(
+        [
+            pa.field("ts", _ts),
+            pa.field("step_first", pa.int64()),
+            *_origin,
+            pa.field("engine", pa.string()),  # "vllm", "vllm-cpu", "torch-sampler", ...
+            pa.field("vllm_version", pa.string()),
+            pa.field("engine_generation", pa.string()),  # "v0" | "v1"
+            pa.field("logprobs_mode", pa.string()),
+            pa.field("enable_prefix_caching", pa.bool_()),
+            pa.field("async_scheduling", pa.bool_()),
+            pa.field("enforce_eager", pa.bool_()),
+            pa.field("compilation_mode", pa.string()),
+            pa.field("cudagraph_mode", pa.string()),
+            pa.field("dtype", pa.string()),
+            pa.field("kv_cache_dtype", pa.string()),
+            pa.field("quantization", pa.string()),
+            pa.field("lm_head_dtype", pa.string()),
+            pa.field("batch_invariant", pa.bool_()),
+            pa.field("tensor_parallel_size", pa.int32()),
+            pa.field("pipeline_parallel_size", pa.int32()),
+            pa.field("data_parallel_size", pa.int32()),
+            pa.field("seed", pa.int64()),
+            pa.field("attention_backend", pa.string()),
+            pa.field("torch_version", pa.string()),
+            pa.field("transformers_version", pa.string()),
+            pa.field("device", pa.string()),
+            pa.field("flags", pa.string()),  # JSON of every resolved engine arg
+            pa.field("fingerprint", pa.string()),
+        ]
+    ),
+    "metrics": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("policy_version", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("name", pa.string()),
+            pa.field("value", pa.float64()),
+        ]
+    ),
+    "events": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("kind", pa.string()),
+            pa.field("payload", pa.string()),  # JSON
+        ]
+    ),
+    # Long format (one row per bin) so SQL engines can pivot it into a heatmap without list functions.
+    "histograms": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("policy_version", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("name", pa.string()),
+            pa.field("bin", pa.int32()),
+            pa.field("lo", pa.float64()),
+            pa.field("hi", pa.float64()),
+            pa.field("count", pa.int64()),
+        ]
+    ),
+    "tokens": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("policy_version", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("seq_index", pa.int64()),
+            pa.field("position", pa.int64()),
+            pa.field("token_id", pa.int64()),
+            pa.field("token_text", pa.string()),
+            pa.field("trainer_logprob", pa.float64()),
+            pa.field("rollout_logprob", pa.float64()),
+            pa.field("log_ratio", pa.float64()),  # trainer - rollout
+        ]
+    ),
+    "alerts": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("rule", pa.string()),
+            pa.field("metric", pa.string()),
+            pa.field("severity", pa.string()),
+            pa.field("value", pa.float64()),
+            pa.field("threshold", pa.float64()),
+            pa.field("state", pa.string()),  # "firing" | "resolved"
+            pa.field("message", pa.string()),
+        ]
+    ),
+}
+
+_DUCKDB_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.int32(): "INTEGER",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    _ts: "TIMESTAMPTZ",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+def duckdb_columns(table: str) -> str:
+    """Column list for a DuckDB ``CREATE TABLE``: the typed, empty stand-in for a table with no files."""
+    cols = [f'"{f.name}" {_DUCKDB_TYPES[f.type]}' for f in SCHEMAS[table]]
+    return ", ".join([*cols, '"run_id" VARCHAR'])

@@ -1,0 +1,129 @@
+"""DuckDB over the Parquet files, queried in place.
+
+Each table is a view over an explicit list of the catalog's good files (not a glob), so a corrupt
+file or a compaction's leftovers can be kept out. ``refresh()`` rebuilds only the views whose files
+changed; ``sql()`` refreshes and retries once when a file vanished under a query (a compaction
+removed it), which is what makes compaction safe for live readers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from storage._catalog import Catalog
+from storage._layout import resolve_root
+from storage._schema import TABLES, duckdb_columns
+
+log = logging.getLogger(__name__)
+
+INTERNAL_SCHEMA = "_logprobe"
+
+
+class QueryError(ValueError):
+    """A query that logprobe refuses to run (for example more than one statement, or a write)."""
+
+
+class Store:
+    """A DuckDB connection with one view per table over the files under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, confined: bool = False) -> None:
+        self.root: Path = resolve_root(root)
+        self.con = duckdb.connect()
+        self.bad_files: dict[Path, str] = {}
+        self._catalog = Catalog(self.root)
+        self._view_files: dict[str, list[str] | None] = {}
+        self.con.execute(f"CREATE SCHEMA {INTERNAL_SCHEMA}")
+        for table in TABLES:
+            self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.empty_{table} ({duckdb_columns(table)})")
+        self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.bad_files (path VARCHAR, error VARCHAR)")
+        self.con.execute(f"CREATE VIEW bad_files AS SELECT * FROM {INTERNAL_SCHEMA}.bad_files")
+        self.refresh()
+        if confined:
+            self._confine()
+
+    def _confine(self) -> None:
+        # Order matters: without the allow-list, turning external access off also breaks the views.
+        root = str(self.root).rstrip("/") + "/"
+        self.con.execute("SET allowed_directories = [?]", [root])
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def refresh(self) -> bool:
+        """Point the views at the files on disk now; True if any view changed."""
+        snap = self._catalog.scan()
+        changed = False
+        for table in TABLES:
+            paths = snap.paths(table)
+            if self._view_files.get(table) == paths:
+                continue
+            changed = True
+            self._view_files[table] = paths
+            empty = f"{INTERNAL_SCHEMA}.empty_{table}"
+            if paths:
+                listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+                body = (
+                    f"SELECT * FROM read_parquet([{listing}], hive_partitioning = true, "
+                    f"union_by_name = true, hive_types = {{'run_id': VARCHAR}}) "
+                    f"UNION ALL BY NAME SELECT * FROM {empty}"
+                )
+            else:
+                body = f"SELECT * FROM {empty}"
+            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+        if snap.bad_files != self.bad_files:
+            for path, reason in snap.bad_files.items():
+                if path not in self.bad_files:
+                    log.warning("logprobe: skipping %s: %s", path, reason)
+            self.bad_files = dict(snap.bad_files)
+            self.con.execute(f"DELETE FROM {INTERNAL_SCHEMA}.bad_files")
+            if self.bad_files:
+                self.con.executemany(
+                    f"INSERT INTO {INTERNAL_SCHEMA}.bad_files VALUES (?, ?)",
+                    [(str(p), r) for p, r in sorted(self.bad_files.items())],
+                )
+        return changed
+
+    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Run ``query`` and return the result as a pyarrow Table."""
+        try:
+            return self.con.sql(query, params=params).to_arrow_table()
+        except duckdb.IOException as exc:
+            if "No such file" not in str(exc) and "not exist" not in str(exc):
+                raise
+            self.refresh()  # a compaction replaced files under us
+            return self.con.sql(query, params=params).to_arrow_table()
+
+    def read_only_query(self, query: str) -> pa.Table:
+        """Run one read-only statement (the SQL console's contract)."""
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as exc:
+            raise QueryError(f"cannot parse query: {exc}") from exc
+        if len(statements) != 1:
+            raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+            raise QueryError(f"only read-only SELECT queries are allowed, got a {kind.name} statement")
+        return self.sql(query)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(root: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A plain DuckDB connection with one view per table, plus a ``bad_files`` view of what was skipped.
+
+    The views list the files present now; use :class:`Store` (``refresh()``) to follow a live run.
+    """
+    return Store(root).con
