@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import logging
 import sys
+from datetime import UTC, datetime
 
 import click
 import duckdb
@@ -55,17 +57,7 @@ def runs(root: str, fmt: str, stale_after: float) -> None:
     with storage.Store(root) as store:
         table = storage.list_runs(store, stale_after_s=stale_after)
     table = table.select(
-        [
-            "run_id",
-            "name",
-            "project",
-            "status",
-            "last_step",
-            "points",
-            "processes",
-            "last_write",
-            "created_at",
-        ]
+        ["run_id", "name", "project", "status", "last_step", "points", "processes", "age_s", "created_at"]
     )
     _emit(table, fmt)
 
@@ -119,16 +111,20 @@ def _emit(table: pa.Table, fmt: str) -> None:
     else:
         view = Table(show_lines=False)
         for name in table.column_names:
-            view.add_column(name, overflow="fold")
+            view.add_column(name, overflow="fold", no_wrap=name == "run_id")
         for row in table.to_pylist():
             view.add_row(*("" if v is None else _cell(v) for v in row.values()))
-        Console().print(view)
+        # Piped output is for reading later or grepping: never fold it to 80 columns.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 250
+        Console(width=width).print(view)
         Console(stderr=True).print(f"{table.num_rows} row(s)")
 
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
 

@@ -18,7 +18,7 @@ X_AXES = {"step": "step", "policy_version": "policy_version", "time": "epoch(ts)
 
 
 def list_runs(store: Store, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pa.Table:
-    """One row per run: identity, last step, last write, points logged and status.
+    """One row per run: identity, last step, last write (and its age in seconds), points and status.
 
     Status is ``finished`` when every process that started the run has closed it, ``live`` when
     something was written within ``stale_after_s`` seconds, ``stale`` otherwise.
@@ -45,6 +45,7 @@ def list_runs(store: Store, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> 
         SELECT ids.run_id, r.name, r.project, r.created_at, r.host, r.git_sha, r.tags,
                coalesce(r.processes, 0) AS processes, m.last_step, coalesce(m.points, 0) AS points,
                greatest(m.last_metric_ts, e.last_event_ts, r.created_at) AS last_write,
+               epoch(now()) - epoch(greatest(m.last_metric_ts, e.last_event_ts, r.created_at)) AS age_s,
                CASE WHEN coalesce(e.starts, 0) > 0 AND e.ends >= e.starts THEN 'finished'
                     WHEN greatest(m.last_metric_ts, e.last_event_ts, r.created_at)
                          >= now() - to_seconds(?) THEN 'live'

@@ -92,10 +92,10 @@ class Store:
         """Run ``query`` and return the result as a pyarrow Table."""
         try:
             return self.con.sql(query, params=params).to_arrow_table()
-        except duckdb.IOException as exc:
-            if "No such file" not in str(exc) and "not exist" not in str(exc):
+        except duckdb.IOException:
+            # A compaction may have replaced files under us: retry once if the file set moved.
+            if not self.refresh():
                 raise
-            self.refresh()  # a compaction replaced files under us
             return self.con.sql(query, params=params).to_arrow_table()
 
     def read_only_query(self, query: str) -> pa.Table:

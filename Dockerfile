@@ -1,0 +1,15 @@
+# The read side of logprobe (store, CLI; the dashboard once it lands) over a mounted data root.
+# No torch or vLLM: collectors run inside your trainer, not in this image.
+FROM python:3.11-slim
+WORKDIR /opt/logprobe
+COPY requirements.txt pyproject.toml README.md ./
+RUN pip install --no-cache-dir -r requirements.txt
+COPY app ./app
+COPY collectors ./collectors
+COPY storage ./storage
+COPY monitor ./monitor
+RUN pip install --no-cache-dir --no-deps .
+ENV LOGPROBE_DIR=/data
+VOLUME ["/data"]
+ENTRYPOINT ["logprobe"]
+CMD ["runs"]

@@ -1,0 +1,49 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-data
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp files: reinstall only when a requirements file or pyproject.toml changes.
+$(VENV)/.core: $(BIN)/python requirements.txt requirements-torch.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core requirements-test.txt
+	$(BIN)/pip install -q -r requirements-test.txt
+	touch $@
+
+## demo: a real mini RL loop in three engine configurations, then the runs and their mismatch
+demo: $(VENV)/.core
+	rm -rf $(DEMO_DIR)
+	$(BIN)/python examples/quickstart.py --root $(DEMO_DIR)
+	$(BIN)/logprobe runs --root $(DEMO_DIR)
+	$(BIN)/logprobe query --root $(DEMO_DIR) "SELECT run_id, name, avg(value) AS mean, max(value) AS max \
+	  FROM metrics WHERE name IN ('mismatch/k3', 'mismatch/abs_logp_diff_mean', 'reward/mean') \
+	  GROUP BY ALL ORDER BY name, run_id"
+
+## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes)
+test: $(VENV)/.test lint
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## bench: the write/read benchmark; writes bench/RESULTS.md
+bench: $(VENV)/.test
+	$(BIN)/python -m bench.write_path
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -1,0 +1,173 @@
+"""The DuckDB views: empty roots, schema evolution, corrupt files, queries, downsampling."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import storage
+from storage import Store, Writer
+
+
+def _write_run(root: Path, run_id: str, steps: int, names: list[str], **kw) -> None:
+    with Writer(root) as writer:
+        writer.append("runs", run_id, {"name": run_id, "created_at": time.time()})
+        writer.append("events", run_id, {"kind": "run_start"})
+        for step in range(steps):
+            writer.log_metrics(run_id, step, {n: float(step * (i + 1)) for i, n in enumerate(names)}, **kw)
+
+
+def test_empty_root_has_typed_empty_tables(tmp_path: Path) -> None:
+    store = Store(tmp_path / "does-not-exist-yet")
+    for table in storage.TABLES:
+        assert store.sql(f"SELECT count(*) FROM {table}")[0][0].as_py() == 0
+    cols = dict(store.con.sql("DESCRIBE metrics").fetchall()[i][:2] for i in range(9))
+    assert cols["value"] == "DOUBLE" and cols["step"] == "BIGINT" and cols["run_id"] == "VARCHAR"
+    assert storage.list_runs(store).num_rows == 0
+    assert storage.metric_series(store, ["x"], ["y"]).num_rows == 0
+
+
+def test_table_with_no_files_next_to_tables_with_files(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r1", 3, ["a"])
+    store = Store(tmp_path)
+    assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 3
+    assert store.sql("SELECT count(*) FROM alerts")[0][0].as_py() == 0
+
+
+def test_numeric_looking_run_ids_stay_strings(tmp_path: Path) -> None:
+    _write_run(tmp_path, "007", 2, ["a"])
+    assert Store(tmp_path).sql("SELECT DISTINCT run_id FROM metrics")[0][0].as_py() == "007"
+
+
+def test_files_with_different_columns_union_by_name(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r", 2, ["a"])
+    part = tmp_path / "metrics" / "run_id=r"
+    # An older writer without policy_version/worker, and a newer one with an extra column.
+    pq.write_table(pa.table({"step": [10], "name": ["a"], "value": [1.5]}), part / "old-00000000.parquet")
+    pq.write_table(pa.table({"step": [11], "name": ["a"], "value": [2.5], "node": ["n1"]}),
+                   part / "new-00000000.parquet")
+    store = Store(tmp_path)
+    rows = store.sql("SELECT step, value, policy_version, node FROM metrics ORDER BY step").to_pylist()
+    assert [r["step"] for r in rows] == [0, 1, 10, 11]
+    assert rows[-1]["node"] == "n1" and rows[2]["node"] is None and rows[2]["policy_version"] is None
+
+
+def test_corrupt_and_truncated_files_are_skipped_and_named(tmp_path: Path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    _write_run(tmp_path, "r", 5, ["a", "b"])
+    part = tmp_path / "metrics" / "run_id=r"
+    good = next(part.glob("*.parquet"))
+    (part / "junk-00000001.parquet").write_bytes(b"PAR1 this is not parquet at all")
+    data = good.read_bytes()
+    (part / "cut-00000002.parquet").write_bytes(data[: len(data) // 2])
+    (part / "empty-00000003.parquet").write_bytes(b"")
+    store = Store(tmp_path)
+    assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 10
+    bad = {Path(p).name for p in store.sql("SELECT path FROM bad_files").column(0).to_pylist()}
+    assert bad == {"junk-00000001.parquet", "cut-00000002.parquet", "empty-00000003.parquet"}
+    for name in bad:
+        assert name in caplog.text
+    # the plain-connection entry point reports them the same way
+    con = storage.connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM bad_files").fetchone()[0] == 3
+
+
+def test_refresh_follows_new_files_and_reports_changes(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert store.refresh() is False
+    _write_run(tmp_path, "r", 4, ["a"])
+    assert store.refresh() is True
+    assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 4
+    assert store.refresh() is False
+
+
+def test_list_runs_status_and_last_step(tmp_path: Path) -> None:
+    _write_run(tmp_path, "done", 7, ["a"])
+    with Writer(tmp_path) as writer:
+        writer.append("events", "done", {"kind": "run_end"})
+    with Writer(tmp_path) as writer:  # started, still going
+        writer.append("runs", "going", {"name": "going", "created_at": time.time()})
+        writer.append("events", "going", {"kind": "run_start"})
+        writer.log_metrics("going", 3, {"a": 1.0})
+    with Writer(tmp_path) as writer:  # silent for an hour
+        hour_ago = time.time() - 3600
+        writer.append("runs", "old", {"name": "old", "created_at": hour_ago})
+        writer.append("events", "old", {"kind": "run_start", "ts": hour_ago})
+        writer.log_metrics("old", 1, {"a": 1.0}, ts=hour_ago)
+    runs = {r["run_id"]: r for r in storage.list_runs(Store(tmp_path)).to_pylist()}
+    assert runs["done"]["status"] == "finished" and runs["done"]["last_step"] == 6
+    assert runs["going"]["status"] == "live" and runs["going"]["points"] == 1
+    assert runs["old"]["status"] == "stale"
+
+
+def test_metric_series_downsamples_keeping_min_max_last(tmp_path: Path) -> None:
+    with Writer(tmp_path) as writer:
+        for step in range(10_000):
+            value = 1000.0 if step == 4321 else -1000.0 if step == 777 else float(step % 10)
+            writer.log_metrics("r", step, {"m": value, "other": 1.0})
+    store = Store(tmp_path)
+    series = storage.metric_series(store, ["r"], ["m"], max_points=100).to_pylist()
+    assert len(series) == 100
+    assert sum(b["count"] for b in series) == 10_000
+    assert max(b["max"] for b in series) == 1000.0 and min(b["min"] for b in series) == -1000.0
+    spike = next(b for b in series if b["max"] == 1000.0)
+    assert spike["x_first"] <= 4321 <= spike["x_last"]
+    assert series[-1]["last"] == float(9999 % 10) and series[-1]["x"] == 9999
+    xs = [b["x"] for b in series]
+    assert xs == sorted(xs)
+
+
+def test_metric_series_short_series_come_back_raw(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r", 50, ["a"])
+    series = storage.metric_series(Store(tmp_path), ["r"], ["a"], max_points=100).to_pylist()
+    assert [b["x"] for b in series] == [float(s) for s in range(50)]
+    assert all(b["count"] == 1 and b["min"] == b["max"] == b["last"] for b in series)
+
+
+def test_metric_series_x_axes_and_range(tmp_path: Path) -> None:
+    with Writer(tmp_path) as writer:
+        for step in range(100):
+            writer.log_metrics("r", step, {"a": float(step)}, policy_version=step // 10, ts=1e9 + step)
+    store = Store(tmp_path)
+    by_version = storage.metric_series(store, ["r"], ["a"], x="policy_version").to_pylist()
+    assert [b["x"] for b in by_version] == [float(v) for v in range(10)]
+    assert by_version[0]["min"] == 0 and by_version[0]["max"] == 9 and by_version[0]["last"] == 9
+    by_time = storage.metric_series(store, ["r"], ["a"], x="time", x_min=1e9 + 10, x_max=1e9 + 19)
+    assert by_time.column("last").to_pylist() == [float(s) for s in range(10, 20)]
+    with pytest.raises(ValueError, match="unknown x axis"):
+        storage.metric_series(store, ["r"], ["a"], x="wall")
+
+
+def test_metrics_after_fetches_only_new_rows(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r", 20, ["a", "b"])
+    store = Store(tmp_path)
+    assert storage.metrics_after(store, "r", None).num_rows == 40
+    newer = storage.metrics_after(store, "r", 17, names=["a"])
+    assert newer.column("step").to_pylist() == [18, 19]
+
+
+def test_engines_and_metric_names(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r", 2, ["b", "a"])
+    with Writer(tmp_path) as writer:
+        writer.append("engines", "r", {"vllm_version": "0.32.0", "logprobs_mode": "raw_logprobs",
+                                       "enable_prefix_caching": True, "flags": "{}", "fingerprint": "f"})
+    store = Store(tmp_path)
+    assert storage.metric_names(store, ["r"]) == ["a", "b"]
+    row = storage.engines(store, ["r"]).to_pylist()[0]
+    assert row["vllm_version"] == "0.32.0" and row["enable_prefix_caching"] is True
+
+
+def test_sql_retries_after_files_vanish(tmp_path: Path) -> None:
+    _write_run(tmp_path, "r", 5, ["a"])
+    store = Store(tmp_path)
+    part = tmp_path / "metrics" / "run_id=r"
+    moved = tmp_path / "moved"
+    shutil.move(part, moved)  # files gone under a live reader (as after a compaction)
+    _write_run(tmp_path, "r", 3, ["a"])
+    assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 3
