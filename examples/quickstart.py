@@ -36,8 +36,9 @@ class TinyLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(VOCAB, width)
         self.pos = nn.Embedding(PROMPT + RESPONSE, width)
-        block = nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=4 * width, dropout=0.0,
-                                           batch_first=True)
+        block = nn.TransformerEncoderLayer(
+            width, nhead=2, dim_feedforward=4 * width, dropout=0.0, batch_first=True
+        )
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.lm_head = nn.Linear(width, VOCAB)
 
@@ -69,12 +70,25 @@ def train(name: str, steps: int, root: str | None, seed: int = 0) -> None:
     reference = copy.deepcopy(policy).eval()
     optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
     config = {"scenario": name, "lr": 3e-3, "batch": BATCH, "temperature": TEMPERATURE, "seed": seed}
-    with collectors.init(run_id=f"quickstart-{name}", root=root, name=name, project="quickstart",
-                         config=config, tags=["quickstart", name]) as run:
-        run.log_engine({"engine": "torch-sampler", "logprobs_mode": setup["logprobs_mode"],
-                        "dtype": str(setup["engine_dtype"]).removeprefix("torch."),
-                        "lm_head_dtype": str(setup["engine_dtype"]).removeprefix("torch."),
-                        "enable_prefix_caching": False, "seed": seed}, step=0)
+    with collectors.init(
+        run_id=f"quickstart-{name}",
+        root=root,
+        name=name,
+        project="quickstart",
+        config=config,
+        tags=["quickstart", name],
+    ) as run:
+        run.log_engine(
+            {
+                "engine": "torch-sampler",
+                "logprobs_mode": setup["logprobs_mode"],
+                "dtype": str(setup["engine_dtype"]).removeprefix("torch."),
+                "lm_head_dtype": str(setup["engine_dtype"]).removeprefix("torch."),
+                "enable_prefix_caching": False,
+                "seed": seed,
+            },
+            step=0,
+        )
         for step in range(steps):
             engine = copy.deepcopy(policy).to(setup["engine_dtype"]).eval()  # weight sync
             run.event("weight_update", step=step, weight_version=step, paused_generation=True)
@@ -90,8 +104,9 @@ def train(name: str, steps: int, root: str | None, seed: int = 0) -> None:
                 ref_logits = reference(tokens[:, :-1])[:, PROMPT - 1 :] / TEMPERATURE
                 ref_lp = torch.log_softmax(ref_logits, -1).gather(2, response[..., None]).squeeze(-1)
             ratio = torch.exp(trainer_lp - rollout_lp)
-            surrogate = torch.minimum(ratio * advantages[:, None],
-                                      ratio.clamp(0.8, 1.2) * advantages[:, None])
+            surrogate = torch.minimum(
+                ratio * advantages[:, None], ratio.clamp(0.8, 1.2) * advantages[:, None]
+            )
             loss = -surrogate.mean()
             optimizer.zero_grad()
             loss.backward()
@@ -99,11 +114,19 @@ def train(name: str, steps: int, root: str | None, seed: int = 0) -> None:
             optimizer.step()
 
             run.log_mismatch(step, trainer_lp.detach(), rollout_lp, token_ids=response, policy_version=step)
-            stats = collectors.rl_stats(logprobs=trainer_lp.detach(), old_logprobs=rollout_lp,
-                                        advantages=advantages, ref_logprobs=ref_lp, logits=logits.detach(),
-                                        rewards=rewards)
-            run.log(step, {**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item()},
-                    policy_version=step)
+            stats = collectors.rl_stats(
+                logprobs=trainer_lp.detach(),
+                old_logprobs=rollout_lp,
+                advantages=advantages,
+                ref_logprobs=ref_lp,
+                logits=logits.detach(),
+                rewards=rewards,
+            )
+            run.log(
+                step,
+                {**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item()},
+                policy_version=step,
+            )
 
 
 def main() -> None:

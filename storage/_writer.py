@@ -122,7 +122,7 @@ class Writer:
         self._invalid_names: set[tuple[str, str]] = set()
         self._known_runs: set[str] = set()
         self._seq = 0
-        self._pid = os.getpid()
+        self._forked = False  # set in a forked child, which must never write the parent's rows
         self._closed = False
 
         self._flush_lock = threading.Lock()
@@ -179,7 +179,7 @@ class Writer:
         self._accepted += 1
 
     def _admit(self, run_id: str, n: int) -> bool:
-        if self._closed or os.getpid() != self._pid:
+        if self._closed or self._forked:
             reason = "writer is closed" if self._closed else "writer was inherited by a forked child"
             self._drop(run_id, n, reason)
             return False
@@ -230,9 +230,9 @@ class Writer:
 
     def flush(self) -> None:
         """Write everything queued so far; returns when it is on disk (or has failed and is kept)."""
+        if self._forked:  # checked before the lock, which the parent's thread may have held at fork
+            return
         with self._flush_lock:
-            if os.getpid() != self._pid:
-                return
             self._collect()
             self._write_unwritten()
 
@@ -242,14 +242,15 @@ class Writer:
             self._wake.clear()
             try:
                 self.flush()
-            except Exception as exc:  # strict mode raises in flush(); the thread must survive it
-                self._note_error(exc)
+            except Exception as exc:  # only strict mode lets flush() raise; the thread must live on
+                self._errors += 1
+                self._last_error = f"{type(exc).__name__}: {exc}"
 
     def _collect(self) -> None:
         """Drain the queues into Arrow tables grouped by (table, run)."""
         batch = [self._metrics.popleft() for _ in range(len(self._metrics))]
         rows = [self._rows.popleft() for _ in range(len(self._rows))]
-        if self._drops_to_record and os.getpid() == self._pid:
+        if self._drops_to_record:
             drops, self._drops_to_record = self._drops_to_record, {}
             for run_id, count in drops.items():
                 payload = json.dumps({"rows": count, "writer_id": self.writer_id})
@@ -361,7 +362,7 @@ class Writer:
 
     def close(self) -> WriterStats:
         """Stop the thread and write what is left; rows that still cannot be written are reported."""
-        if self._closed or os.getpid() != self._pid:
+        if self._closed or self._forked:
             return self.stats()
         self._closed = True
         self._stop.set()
@@ -439,6 +440,7 @@ def _safe_host() -> str:
 def _after_fork_in_child() -> None:
     # A forked child inherits the parent's queues but not its thread; it must never write them.
     for writer in list(_LIVE_WRITERS):
+        writer._forked = True
         writer._metrics.clear()
         writer._rows.clear()
         writer._unwritten = []

@@ -45,14 +45,21 @@ def test_every_command_has_help() -> None:
 def test_runs_lists_each_run_with_status(root: Path) -> None:
     rows = json.loads(cli("runs", "--root", str(root), "--format", "json").stdout)
     assert {r["run_id"]: (r["status"], r["last_step"], r["points"]) for r in rows} == {
-        "alpha": ("finished", 4, 5), "beta": ("finished", 4, 5)}
+        "alpha": ("finished", 4, 5),
+        "beta": ("finished", 4, 5),
+    }
     table = cli("runs", "--root", str(root)).stdout
     assert "alpha" in table and "finished" in table
 
 
 def test_root_comes_from_the_environment(root: Path) -> None:
-    proc = subprocess.run([*LOGPROBE, "runs", "--format", "csv"], capture_output=True, text=True,
-                          env={"LOGPROBE_DIR": str(root), "PATH": "/usr/bin:/bin"}, timeout=120)
+    proc = subprocess.run(
+        [*LOGPROBE, "runs", "--format", "csv"],
+        capture_output=True,
+        text=True,
+        env={"LOGPROBE_DIR": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "alpha" in proc.stdout
 
@@ -94,7 +101,9 @@ def test_query_reports_bad_files_by_name(root: Path) -> None:
     proc = cli("query", "SELECT count(*) AS n FROM metrics", "--root", str(root), "--format", "json")
     assert json.loads(proc.stdout) == [{"n": 10}]
     assert "broken-00000001.parquet" in proc.stderr
-    listed = json.loads(cli("query", "SELECT path FROM bad_files", "--root", str(root), "--format", "json").stdout)
+    listed = json.loads(
+        cli("query", "SELECT path FROM bad_files", "--root", str(root), "--format", "json").stdout
+    )
     assert listed == [{"path": str(bad)}]
 
 
@@ -106,6 +115,7 @@ def test_compact_merges_and_reports(root: Path) -> None:
     assert len(after_alpha) == 1 and after_alpha[0].name.startswith("compact-")
     assert len(list((root / "events" / "run_id=beta").glob("*.parquet"))) == 2  # untouched
     assert len(before) > len(list(root.rglob("*.parquet")))
-    rows = json.loads(cli("query", "SELECT count(*) AS n FROM metrics", "--root", str(root), "--format",
-                          "json").stdout)
+    rows = json.loads(
+        cli("query", "SELECT count(*) AS n FROM metrics", "--root", str(root), "--format", "json").stdout
+    )
     assert rows == [{"n": 10}]

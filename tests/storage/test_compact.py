@@ -111,8 +111,10 @@ def test_compaction_keeps_columns_from_old_and_new_files(tmp_path: Path) -> None
 
     _many_files(tmp_path, files=2)
     part = tmp_path / "metrics" / "run_id=r"
-    pq.write_table(pa.table({"step": [99], "name": ["a"], "value": [9.0], "node": ["n"]}),
-                   part / "newer-00000000.parquet")
+    pq.write_table(
+        pa.table({"step": [99], "name": ["a"], "value": [9.0], "node": ["n"]}),
+        part / "newer-00000000.parquet",
+    )
     storage.compact(tmp_path)
     rows = Store(tmp_path).sql("SELECT node FROM metrics WHERE step = 99").to_pylist()
     assert rows == [{"node": "n"}]

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.multiprocess
 def _spawn(root: Path, run_id: str, index: int, steps: int, interval: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(root), run_id, str(index), str(steps), str(interval)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -52,9 +54,12 @@ def test_eight_writers_and_a_live_reader_lose_and_duplicate_nothing(tmp_path: Pa
     assert dupes == []
     per_writer = store.sql(
         "SELECT rank, count(DISTINCT step) AS steps, min(step) AS lo, max(step) AS hi, "
-        "bool_and(value = rank) FILTER (WHERE name = 'writer') AS own FROM metrics GROUP BY rank ORDER BY rank"
+        "bool_and(value = rank) FILTER (WHERE name = 'writer') AS own "
+        "FROM metrics GROUP BY rank ORDER BY rank"
     ).to_pylist()
-    assert per_writer == [{"rank": i, "steps": steps, "lo": 0, "hi": steps - 1, "own": True} for i in range(8)]
+    assert per_writer == [
+        {"rank": i, "steps": steps, "lo": 0, "hi": steps - 1, "own": True} for i in range(8)
+    ]
     assert store.sql("SELECT count(*) FROM runs")[0][0].as_py() == 8
     assert storage.list_runs(store).to_pylist()[0]["status"] == "finished"
 
@@ -74,9 +79,7 @@ def test_sigkill_mid_run_loses_at_most_one_flush_interval(tmp_path: Path, seed: 
     proc.wait()
     store.refresh()
     assert not store.bad_files, store.bad_files
-    steps = store.sql(
-        "SELECT step FROM metrics WHERE name = 'step_copy' ORDER BY step"
-    ).column(0).to_pylist()
+    steps = store.sql("SELECT step FROM metrics WHERE name = 'step_copy' ORDER BY step").column(0).to_pylist()
     assert steps, "nothing was flushed before the kill"
     assert steps == list(range(len(steps))), "rows must form a gap-free, duplicate-free prefix"
     last_saved = store.sql("SELECT max(value) FROM metrics WHERE name = 'logged_at'")[0][0].as_py()

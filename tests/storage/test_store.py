@@ -50,8 +50,9 @@ def test_files_with_different_columns_union_by_name(tmp_path: Path) -> None:
     part = tmp_path / "metrics" / "run_id=r"
     # An older writer without policy_version/worker, and a newer one with an extra column.
     pq.write_table(pa.table({"step": [10], "name": ["a"], "value": [1.5]}), part / "old-00000000.parquet")
-    pq.write_table(pa.table({"step": [11], "name": ["a"], "value": [2.5], "node": ["n1"]}),
-                   part / "new-00000000.parquet")
+    pq.write_table(
+        pa.table({"step": [11], "name": ["a"], "value": [2.5], "node": ["n1"]}), part / "new-00000000.parquet"
+    )
     store = Store(tmp_path)
     rows = store.sql("SELECT step, value, policy_version, node FROM metrics ORDER BY step").to_pylist()
     assert [r["step"] for r in rows] == [0, 1, 10, 11]
@@ -155,8 +156,17 @@ def test_metrics_after_fetches_only_new_rows(tmp_path: Path) -> None:
 def test_engines_and_metric_names(tmp_path: Path) -> None:
     _write_run(tmp_path, "r", 2, ["b", "a"])
     with Writer(tmp_path) as writer:
-        writer.append("engines", "r", {"vllm_version": "0.32.0", "logprobs_mode": "raw_logprobs",
-                                       "enable_prefix_caching": True, "flags": "{}", "fingerprint": "f"})
+        writer.append(
+            "engines",
+            "r",
+            {
+                "vllm_version": "0.32.0",
+                "logprobs_mode": "raw_logprobs",
+                "enable_prefix_caching": True,
+                "flags": "{}",
+                "fingerprint": "f",
+            },
+        )
     store = Store(tmp_path)
     assert storage.metric_names(store, ["r"]) == ["a", "b"]
     row = storage.engines(store, ["r"]).to_pylist()[0]

@@ -64,8 +64,18 @@ def test_size_trigger_flushes_before_the_interval(tmp_path: Path) -> None:
 
 def test_numpy_torch_and_bool_values_are_numbers(tmp_path: Path) -> None:
     with Writer(tmp_path) as writer:
-        writer.log_metrics("r", 1, {"np": np.float32(0.5), "npi": np.int64(3), "t": torch.tensor(2.5),
-                                    "t1": torch.tensor([4.0]), "b": True, "i": 7})
+        writer.log_metrics(
+            "r",
+            1,
+            {
+                "np": np.float32(0.5),
+                "npi": np.int64(3),
+                "t": torch.tensor(2.5),
+                "t1": torch.tensor([4.0]),
+                "b": True,
+                "i": 7,
+            },
+        )
     rows = Store(tmp_path).sql("SELECT name, value FROM metrics").to_pylist()
     got = {r["name"]: r["value"] for r in rows}
     assert got == {"np": 0.5, "npi": 3.0, "t": 2.5, "t1": 4.0, "b": 1.0, "i": 7.0}
@@ -75,8 +85,9 @@ def test_bad_values_are_skipped_counted_and_recorded_once(tmp_path: Path, caplog
     caplog.set_level(logging.WARNING)
     with Writer(tmp_path) as writer:
         for step in range(3):
-            writer.log_metrics("r", step, {"ok": 1.0, "text": "high", "none": None, 5: 1.0,
-                                           "vec": torch.ones(3)})
+            writer.log_metrics(
+                "r", step, {"ok": 1.0, "text": "high", "none": None, 5: 1.0, "vec": torch.ones(3)}
+            )
         stats = writer.stats()
     assert stats.values_invalid == 12
     store = Store(tmp_path)
@@ -189,9 +200,11 @@ def test_policy_version_worker_and_rank_are_stored(tmp_path: Path) -> None:
     with Writer(tmp_path) as writer:
         writer.log_metrics("r", 5, {"x": 1.0}, policy_version=4, source="rollout", rank=3, worker="w-7")
         writer.log_metrics("r", 6, {"x": 1.0})
-    rows = Store(tmp_path).sql(
-        "SELECT step, policy_version, source, rank, worker FROM metrics ORDER BY step"
-    ).to_pylist()
+    rows = (
+        Store(tmp_path)
+        .sql("SELECT step, policy_version, source, rank, worker FROM metrics ORDER BY step")
+        .to_pylist()
+    )
     assert rows == [
         {"step": 5, "policy_version": 4, "source": "rollout", "rank": 3, "worker": "w-7"},
         {"step": 6, "policy_version": None, "source": "trainer", "rank": 0, "worker": None},

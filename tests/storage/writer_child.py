@@ -10,8 +10,12 @@ import time
 
 import collectors
 
-root, run_id, index, steps, interval = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(
-    sys.argv[5]
+root, run_id, index, steps, interval = (
+    sys.argv[1],
+    sys.argv[2],
+    int(sys.argv[3]),
+    int(sys.argv[4]),
+    float(sys.argv[5]),
 )
 run = collectors.init(run_id=run_id, root=root, source="trainer", rank=index, flush_interval=interval)
 print("ready", flush=True)

@@ -1,0 +1,78 @@
+"""Smoke run of ``python -m bench.write_path``: it must run end to end and report sane numbers.
+
+Speed targets are deliberately not asserted: CI machines are shared and noisy, and a benchmark
+that fails a build on a slow neighbour teaches people to ignore it. What is asserted is that the
+script works (so the benchmark does not rot), that its own checks passed (every logged row came
+back, so the numbers are about a correct run) and that every number is positive and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 300
+METRICS = 20
+REPEATS = 2
+
+
+def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a JSON value, with where it is (booleans are not numbers here)."""
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in _numbers(inner, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [item for i, inner in enumerate(value) for item in _numbers(inner, f"{path}[{i}]")]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(path, float(value))]
+    return []
+
+
+def test_write_path_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "RESULTS.md"
+    numbers = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.write_path",
+            f"--steps={STEPS}",
+            f"--metrics={METRICS}",
+            f"--repeats={REPEATS}",
+            f"--out={out}",
+            f"--json={numbers}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    report = out.read_text(encoding="utf-8")
+    assert report.startswith("# logprobe write-path benchmark")
+    assert report in proc.stdout  # stdout carries the same report
+    for needle in ("Run.log p50", "Run.log p99", f"read-back of {STEPS * METRICS:,} points"):
+        assert needle in report
+    assert report.count("| PASS |") + report.count("| MISS |") == 3
+    assert "quoted, not measured here" in report
+    assert f"--steps={STEPS}" in report  # the exact command is recorded
+
+    result = json.loads(numbers.read_text(encoding="utf-8"))
+    assert result["points"] == STEPS * METRICS
+    assert len(result["logprobe_runs"]) == len(result["floor_runs"]) == REPEATS
+    for run in result["logprobe_runs"]:
+        assert run["rows_read"] == STEPS * METRICS  # the script also compared every row's value
+        assert 0 < run["chart_rows"] <= METRICS * 1000
+
+    measured = {key: result[key] for key in ("logprobe", "floor", "logprobe_runs", "floor_runs")}
+    for where, value in _numbers(measured):
+        assert math.isfinite(value), where
+        if ".gc_gen" in where:
+            assert value >= 0, where  # a short run may see no collection at all
+        else:
+            assert value > 0, where
