@@ -78,8 +78,8 @@ def compute_mismatch(
         raise ValueError(f"eps must be in (0, 1), got {eps}")
     if not C > 1:
         raise ValueError(f"C must be > 1, got {C}")
-    trainer = as_tensor("trainer_logprobs", trainer_logprobs)
-    rollout = as_tensor("rollout_logprobs", rollout_logprobs, trainer.device)
+    trainer = as_tensor("trainer_logprobs", trainer_logprobs, list_dtype=torch.float64)
+    rollout = as_tensor("rollout_logprobs", rollout_logprobs, trainer.device, list_dtype=torch.float64)
     same_shape("rollout_logprobs", rollout, "trainer_logprobs", trainer)
     for name, t in (("trainer_logprobs", trainer), ("rollout_logprobs", rollout)):
         if t.is_complex() or t.dtype == torch.bool:
@@ -88,7 +88,7 @@ def compute_mismatch(
     seq, pos, n_seq = segments(trainer.shape, seq_lens, trainer.device)
     ids = None
     if token_ids is not None:
-        ids = as_tensor("token_ids", token_ids, trainer.device)
+        ids = as_tensor("token_ids", token_ids, trainer.device, list_dtype=torch.int64)
         same_shape("token_ids", ids, "trainer_logprobs", trainer)
     if trainer.numel() == 0:
         return MismatchResult({"mismatch/n_tokens": 0.0, "mismatch/n_nonfinite": 0.0})
@@ -154,8 +154,8 @@ def compute_mismatch(
     edges = torch.tensor(HIST_EDGES, dtype=f64, device=t.device)
     counts = torch.bincount(torch.bucketize(d, edges), weights=v, minlength=len(HIST_EDGES) + 1)
 
-    k = min(int(top_k), d.numel())
-    worst_key, worst_idx = torch.topk(torch.where(valid, abs_d, -1.0), k) if k > 0 else (zero[:0], seq[:0])
+    k = max(0, min(int(top_k), d.numel()))
+    worst_key, worst_idx = torch.topk(torch.where(valid, abs_d, -1.0), k)
     worst_cols = [
         worst_key,
         worst_idx.to(f64),

@@ -43,26 +43,37 @@ def rl_stats(
     values: list[torch.Tensor] = []
     ref = next((x for x in (logprobs, logits, entropy, rewards) if isinstance(x, torch.Tensor)), None)
     device = ref.device if ref is not None else None
+    f64 = torch.float64
 
-    token_shape_source = next((x for x in (logprobs, entropy) if x is not None), None)
-    tokens = None
-    m = None
-    if token_shape_source is not None:
-        tokens = as_tensor("logprobs" if logprobs is not None else "entropy", token_shape_source, device)
-        m = as_mask(mask, tokens).to(torch.float64)
-    elif logits is not None:
-        lg = as_tensor("logits", logits, device)
-        m = as_mask(mask, lg[..., 0]).to(torch.float64)
+    lp = as_tensor("logprobs", logprobs, device, list_dtype=f64) if logprobs is not None else None
+    ent = as_tensor("entropy", entropy, device, list_dtype=f64) if entropy is not None else None
+    lg = as_tensor("logits", logits, device, list_dtype=torch.float32) if logits is not None else None
+    # Token-level metrics share one [B, T] (or packed) shape and one mask.
+    token_like = lp if lp is not None else ent if ent is not None else None
+    if lg is not None:
+        if lg.ndim < 2:
+            raise ValueError(f"logits must be [..., V], got shape {tuple(lg.shape)}")
+        if token_like is not None and tuple(lg.shape[:-1]) != tuple(token_like.shape):
+            raise ValueError(
+                f"logits has shape {tuple(lg.shape)} but the tokens have shape "
+                f"{tuple(token_like.shape)}; logits must be [*token_shape, V]"
+            )
+        token_like = lg[..., 0] if token_like is None else token_like
+    if ent is not None and lp is not None:
+        same_shape("entropy", ent, "logprobs", lp)
+    valid = as_mask(mask, token_like) if token_like is not None else None
+    count = valid.to(f64).sum() if valid is not None else None
 
     def masked_mean(x: torch.Tensor) -> torch.Tensor:
-        return (x * m).sum() / m.sum().clamp_min(1.0)
+        # where(), not a product: padding often holds -inf/NaN logprobs, and NaN * 0 is NaN.
+        return torch.where(valid, x.to(f64), 0.0).sum() / count.clamp_min(1.0)
 
-    if logprobs is not None:
-        lp = tokens.to(torch.float64)
+    if lp is not None:
+        lp = lp.to(f64)
         if old_logprobs is not None and advantages is not None:
-            old = as_tensor("old_logprobs", old_logprobs, lp.device).to(torch.float64)
+            old = as_tensor("old_logprobs", old_logprobs, lp.device, list_dtype=f64).to(f64)
             same_shape("old_logprobs", old, "logprobs", lp)
-            adv = as_tensor("advantages", advantages, lp.device).to(torch.float64)
+            adv = as_tensor("advantages", advantages, lp.device, list_dtype=f64).to(f64)
             if adv.shape != lp.shape:
                 if adv.ndim == 1 and lp.ndim == 2 and adv.shape[0] == lp.shape[0]:
                     adv = adv[:, None].expand_as(lp)
@@ -76,40 +87,49 @@ def rl_stats(
             unclipped = -adv * ratio
             clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high)
             names += ["train/clip_frac", "train/ppo_kl"]
-            values += [masked_mean((clipped > unclipped).to(torch.float64)), masked_mean(old - lp)]
+            values += [masked_mean((clipped > unclipped).to(f64)), masked_mean(old - lp)]
         if ref_logprobs is not None:
-            ref_lp = as_tensor("ref_logprobs", ref_logprobs, lp.device).to(torch.float64)
+            ref_lp = as_tensor("ref_logprobs", ref_logprobs, lp.device, list_dtype=f64).to(f64)
             same_shape("ref_logprobs", ref_lp, "logprobs", lp)
             diff = ref_lp - lp
             names.append("train/kl_ref")
             values.append(masked_mean(torch.exp(diff) - diff - 1.0))
 
-    if entropy is not None:
+    if ent is not None:
         names.append("train/entropy")
-        values.append(masked_mean(as_tensor("entropy", entropy, device).to(torch.float64)))
-    elif logits is not None:
+        values.append(masked_mean(ent))
+    elif lg is not None:
         names.append("train/entropy")
-        values.append(masked_mean(token_entropy(as_tensor("logits", logits, device), entropy_chunk)))
+        values.append(masked_mean(token_entropy(lg, entropy_chunk)))
+    token_level = set(names)
 
     if rewards is not None:
-        rw = as_tensor("rewards", rewards, device).to(torch.float64).reshape(-1)
+        rw = as_tensor("rewards", rewards, device, list_dtype=f64).to(f64).reshape(-1)
         if rw.numel():
             names += ["reward/mean", "reward/std"]
             values += [rw.mean(), rw.std(correction=0)]
 
     lengths = None
     if response_lengths is not None:
-        lengths = as_tensor("response_lengths", response_lengths, device).to(torch.float64).reshape(-1)
-    elif m is not None and m.ndim == 2:
-        lengths = m.sum(dim=-1)
+        lengths = as_tensor("response_lengths", response_lengths, device, list_dtype=f64)
+        lengths = lengths.to(f64).reshape(-1)
+    elif valid is not None and valid.ndim == 2:
+        lengths = valid.to(f64).sum(dim=-1)
+        token_level |= {"response/length_mean", "response/length_min", "response/length_max"}
     if lengths is not None and lengths.numel():
         names += ["response/length_mean", "response/length_min", "response/length_max"]
         values += [lengths.mean(), lengths.min(), lengths.max()]
 
     if not values:
         return {}
-    host = torch.stack([v.to(torch.float64).to(values[0].device) for v in values]).cpu().tolist()
-    return dict(zip(names, host, strict=True))
+    if count is not None:
+        values.append(count)
+    host = torch.stack([v.to(f64).to(values[0].device) for v in values]).cpu().tolist()  # one transfer
+    stats = dict(zip(names, host, strict=False))
+    if count is not None and host[-1] == 0:
+        # No valid token: token-level means are undefined, not zero.
+        stats = {k: v for k, v in stats.items() if k not in token_level}
+    return stats
 
 
 def token_entropy(logits: torch.Tensor, chunk: int = DEFAULT_ENTROPY_CHUNK) -> torch.Tensor:

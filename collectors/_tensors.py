@@ -7,12 +7,19 @@ from typing import Any
 import torch
 
 
-def as_tensor(name: str, value: Any, device: torch.device | None = None) -> torch.Tensor:
-    """``value`` as a tensor on ``device``; a clear TypeError if it is not array-like."""
+def as_tensor(
+    name: str, value: Any, device: torch.device | None = None, list_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """``value`` as a tensor on ``device``; a clear TypeError if it is not array-like.
+
+    Tensors and arrays keep their dtype; plain lists take ``list_dtype`` when given (torch would
+    otherwise make float lists float32 and an empty list float32 too).
+    """
     if isinstance(value, torch.Tensor):
         return value if device is None or value.device == device else value.to(device)
+    dtype = list_dtype if isinstance(value, list | tuple) else None
     try:
-        return torch.as_tensor(value, device=device)
+        return torch.as_tensor(value, dtype=dtype, device=device)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise TypeError(
             f"{name} must be a tensor, array or nested list of numbers, got {type(value).__name__}: {exc}"
@@ -56,7 +63,7 @@ def segments(
     if seq_lens is None:
         lens = torch.tensor([total], device=device)
     else:
-        lens = as_tensor("seq_lens", seq_lens, device)
+        lens = as_tensor("seq_lens", seq_lens, device, list_dtype=torch.int64)
         if lens.ndim != 1 or lens.is_floating_point() or lens.is_complex():
             raise ValueError(f"seq_lens must be a 1-D integer tensor, got {lens.dtype} {tuple(lens.shape)}")
         lens = lens.to(torch.int64)
