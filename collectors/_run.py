@@ -47,6 +47,7 @@ class Run:
         self.rank = int(rank)
         self.worker = worker
         self._closed = False
+        self._owns_writer = True
 
     # -------------------------------------------------------------- scalars
 
@@ -145,16 +146,21 @@ class Run:
     def log_engine(self, config: Mapping[str, Any], step: int | None = None) -> str:
         """Record an engine configuration; returns its fingerprint.
 
-        Keys that match an ``engines`` column fill it; every key goes into ``flags`` (JSON), and the
-        fingerprint is a hash of ``flags``, so two engines with the same settings share it.
+        Keys that match an ``engines`` column fill it. ``flags`` (JSON) holds ``config["flags"]``
+        when given (the vLLM collector passes every resolved arg there), else the whole config;
+        the fingerprint is ``config["fingerprint"]`` when given, else a hash of ``flags``.
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"engine config must be a dict, got {type(config).__name__}")
-        flags = json.loads(to_json(dict(config)))
-        fingerprint = hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
-        row = {k: v for k, v in flags.items() if k in _ENGINE_COLUMNS}
+        plain = json.loads(to_json(dict(config)))
+        flags = plain.pop("flags", None) or plain
+        fingerprint = (
+            plain.get("fingerprint")
+            or hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
+        )
+        row = {k: v for k, v in plain.items() if k in _ENGINE_COLUMNS}
         row.update(
-            step_first=step,
+            step_first=None if step is None else _as_int("step", step),
             source=self.source,
             rank=self.rank,
             worker=self.worker,
@@ -164,6 +170,15 @@ class Run:
         self.writer.append("engines", self.run_id, row)
         return fingerprint
 
+    def with_source(self, source: str, worker: str | None = None) -> Run:
+        """A view of this run that logs as another source (e.g. ``rollout`` beside ``trainer``).
+
+        It shares this run's writer (one set of files per process); closing it only ends the view.
+        """
+        view = Run(self.writer, self.run_id, source=source, rank=self.rank, worker=worker)
+        view._owns_writer = False
+        return view
+
     # -------------------------------------------------------------- lifecycle
 
     def close(self, status: str = "finished") -> None:
@@ -171,6 +186,8 @@ class Run:
         if self._closed:
             return
         self._closed = True
+        if not self._owns_writer:
+            return
         self.event("run_end", status=status)
         stats = self.writer.close()
         if stats.rows_dropped:

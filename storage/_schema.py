@@ -65,6 +65,9 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("device", pa.string()),
             pa.field("flags", pa.string()),  # JSON of every resolved engine arg
             pa.field("fingerprint", pa.string()),
+            # added with the vLLM collector (schemas grow by appending columns)
+            pa.field("lm_head_weight_dtype", pa.string()),
+            pa.field("generation_config", pa.string()),
         ]
     ),
     "metrics": pa.schema(

