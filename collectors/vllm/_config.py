@@ -20,10 +20,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Keys whose values differ between two identical engines (ids, ports, cache paths): kept in
+# Keys whose values differ between two identical engines (ids, ports, cache paths, the custom ops
+# a process has already registered): kept in
 # ``flags`` but left out of the fingerprint so the same settings always hash the same.
 _VOLATILE = re.compile(
-    r"(instance_id|engine_id|_port$|port$|cache_dir|cache_save_path|compile_cache|local_cache|"
+    r"(instance_id|engine_id|_IDENT$|abled_custom_ops|_port$|port$|cache_dir|cache_save_path|compile_cache|local_cache|"
     r"^env\.VLLM_PORT|random|uuid|_ip$|host_ip|rpc_base_path|served_model_name|^model$|^tokenizer$|"
     r"model_config\.model$|model_config\.tokenizer$|weight_path)"
 )

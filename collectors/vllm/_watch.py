@@ -243,6 +243,8 @@ class EngineWatcher:
 
     def _emit(self, update: dict[str, Any], *, reset: bool | None, resolved_by: str) -> None:
         update = {**update, "prefix_cache_reset": reset, "resolved_by": resolved_by}
+        if update["weight_version"] is None:  # vLLM >= 0.27 keeps its own (set after the update)
+            update["weight_version"] = self._engine_weight_version()
         self.run.event("weight_update", step=self.step, **update)
         if reset is False and resolved_by == "generate" and update["prefix_caching"]:
             self.run.event(
@@ -253,6 +255,13 @@ class EngineWatcher:
                 "reuse KV computed with the old weights",
             )
             log.warning("logprobe: weight update without a prefix-cache reset while prefix caching is on")
+
+    def _engine_weight_version(self) -> str | None:
+        getter = getattr(self.llm, "get_weight_version", None)
+        try:
+            return None if getter is None else getter()
+        except Exception:  # older engines, or no weight-transfer support
+            return None
 
     def _checksum(self) -> str | None:
         try:

@@ -116,7 +116,6 @@ def test_fingerprints_record_exactly_the_flags_that_differ(
     assert a["engine_generation"] == "v1" and a["device"] == "cpu" and a["dtype"] == "bfloat16"
     assert a["async_scheduling"] is False and a["enforce_eager"] is True and a["seed"] == 0
     assert a["fingerprint"] != b["fingerprint"]
-    # the same settings on another engine instance hash the same
     assert lpv.engine_config(engine_processed, a["flags"]["worker"])["fingerprint"] == a["fingerprint"]
 
     rows = (
@@ -204,12 +203,31 @@ def _perturbed(model: Any, seed: int, scale: float = 0.5) -> list[tuple[str, tor
     return [(name, p.detach().clone()) for name, p in model.state_dict().items()]
 
 
-def test_weight_update_without_prefix_cache_reset_is_caught(tmp_path: Path, model_dir: Path) -> None:
+@pytest.fixture(scope="module")
+def engine_latest(model_dir: Path, engine_processed: Any, engine_raw: Any) -> Any:
+    """engine_processed's twin, started after the others: get_metrics() reads vLLM's process-wide
+    Prometheus registry, which follows the engine started last. Module-scoped because tearing an
+    in-process engine down also tears down the distributed state the other engines share."""
+    return _engine(
+        model_dir,
+        logprobs_mode="processed_logprobs",
+        enable_prefix_caching=True,
+        hf_overrides={"head_dtype": "float32"},
+    )
+
+
+def test_same_settings_give_the_same_fingerprint(engine_latest: Any, engine_processed: Any) -> None:
+    assert (
+        lpv.engine_config(engine_latest)["fingerprint"] == lpv.engine_config(engine_processed)["fingerprint"]
+    )
+
+
+def test_weight_update_without_prefix_cache_reset_is_caught(
+    tmp_path: Path, model_dir: Path, engine_latest: Any
+) -> None:
     from transformers import AutoModelForCausalLM
 
-    # Its own engine: get_metrics() reads vLLM's process-wide Prometheus registry, which follows
-    # the engine started last in this process.
-    llm = _engine(model_dir, logprobs_mode="processed_logprobs", enable_prefix_caching=True)
+    llm = engine_latest
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(3)
@@ -274,6 +292,63 @@ def test_weight_update_without_prefix_cache_reset_is_caught(tmp_path: Path, mode
     assert engine_hits and engine_hits[0] > 0
 
 
+def test_direct_worker_reload_is_one_event_and_a_new_checksum(
+    tmp_path: Path, engine_processed: Any, model_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    worker = engine_processed.llm_engine.model_executor.driver_worker
+    with collectors.init(run_id="direct", root=tmp_path) as run:
+        watcher = lpv.watch(run, engine_processed)
+        try:
+            before = engine_processed.collective_rpc("logprobe_checksum")[0]
+            worker.reload_weights(weights_iterator=_perturbed(model, seed=11), is_checkpoint_format=True)
+            after = engine_processed.collective_rpc("logprobe_checksum")[0]
+            engine_processed.update_weight_version("step-11")  # vLLM's own provenance (>= 0.27)
+            engine_processed.reset_prefix_cache()
+            outputs = engine_processed.generate(_prompts(2), _sampling(), use_tqdm=False)
+            batch = lpv.log_rollout(run, 11, outputs, watcher=watcher)
+        finally:
+            watcher.close()
+    lengths = batch.lengths.tolist()
+    assert batch.weight_versions == [[("step-11", 0, n)] for n in lengths]
+    assert batch.metrics()["rollout/weight_versions"] == 1.0
+    assert "reload_weights" not in vars(worker)  # the watcher unwrapped the engine again
+    events = Store(tmp_path).sql("SELECT kind, payload FROM events WHERE kind LIKE '%update%'").to_pylist()
+    assert len(events) == 1, events
+    payload = json.loads(events[0]["payload"])
+    assert payload["method"] == "reload_weights" and payload["prefix_cache_reset"] is True
+    assert payload["weight_version"] == "step-11"  # read from the engine when the user set none
+    assert before != after and payload["checksum"] == after
+
+
+def test_model_load_weights_colocate_path(tmp_path: Path, engine_processed: Any, trainer: Any) -> None:
+    """TRL's colocate weight sync. Runs on GPU; on CPU vLLM itself refuses it, and the test says so."""
+    model = engine_processed.llm_engine.model_executor.driver_worker.worker.model_runner.get_model()
+    on_cpu = engine_processed.llm_engine.vllm_config.device_config.device_type == "cpu"
+    with collectors.init(run_id="colocate", root=tmp_path) as run:
+        watcher = lpv.watch(run, engine_processed)
+        try:
+            state = [(n, p.detach().clone()) for n, p in trainer.state_dict().items()]  # HF names
+            try:
+                model.load_weights(weights=state)
+            except AttributeError as exc:
+                if on_cpu and "weight_loader" in str(exc):
+                    pytest.skip(
+                        "model.load_weights needs a GPU: vLLM's CPU backend prepacks linear "
+                        f"weights, which then have no weight_loader ({exc})"
+                    )
+                raise
+            engine_processed.reset_prefix_cache()
+        finally:
+            watcher.close()
+    payloads = Store(tmp_path).sql("SELECT payload FROM events WHERE kind = 'weight_update'").column(0)
+    assert [json.loads(p)["method"] for p in payloads.to_pylist()] == ["load_weights"]
+
+
+# Runs after every test that uses the shared engines: shutting its engine down (at the end of the
+# test) tears down the in-process distributed state those engines rely on.
 def test_stat_logger_records_engine_stats(tmp_path: Path, model_dir: Path) -> None:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
@@ -302,54 +377,6 @@ def test_stat_logger_records_engine_stats(tmp_path: Path, model_dir: Path) -> No
     got = {r["name"]: r["v"] for r in rows}
     assert got["engine/generation_tokens"] == 4 * 8
     assert got["engine/prefix_cache_queries"] > 0 and "engine/kv_cache_usage" in got
-
-
-def test_direct_worker_reload_is_one_event_and_a_new_checksum(
-    tmp_path: Path, engine_processed: Any, model_dir: Path
-) -> None:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    worker = engine_processed.llm_engine.model_executor.driver_worker
-    with collectors.init(run_id="direct", root=tmp_path) as run:
-        watcher = lpv.watch(run, engine_processed)
-        try:
-            before = engine_processed.collective_rpc("logprobe_checksum")[0]
-            worker.reload_weights(weights_iterator=_perturbed(model, seed=11), is_checkpoint_format=True)
-            after = engine_processed.collective_rpc("logprobe_checksum")[0]
-            engine_processed.reset_prefix_cache()
-        finally:
-            watcher.close()
-    assert "reload_weights" not in vars(worker)  # the watcher unwrapped the engine again
-    events = Store(tmp_path).sql("SELECT kind, payload FROM events WHERE kind LIKE '%update%'").to_pylist()
-    assert len(events) == 1, events
-    payload = json.loads(events[0]["payload"])
-    assert payload["method"] == "reload_weights" and payload["prefix_cache_reset"] is True
-    assert before != after and payload["checksum"] == after
-
-
-def test_model_load_weights_colocate_path(tmp_path: Path, engine_processed: Any, trainer: Any) -> None:
-    """TRL's colocate weight sync. Runs on GPU; on CPU vLLM itself refuses it, and the test says so."""
-    model = engine_processed.llm_engine.model_executor.driver_worker.worker.model_runner.get_model()
-    on_cpu = engine_processed.llm_engine.vllm_config.device_config.device_type == "cpu"
-    with collectors.init(run_id="colocate", root=tmp_path) as run:
-        watcher = lpv.watch(run, engine_processed)
-        try:
-            state = [(n, p.detach().clone()) for n, p in trainer.state_dict().items()]  # HF names
-            try:
-                model.load_weights(weights=state)
-            except AttributeError as exc:
-                if on_cpu and "weight_loader" in str(exc):
-                    pytest.skip(
-                        "model.load_weights needs a GPU: vLLM's CPU backend prepacks linear "
-                        f"weights, which then have no weight_loader ({exc})"
-                    )
-                raise
-            engine_processed.reset_prefix_cache()
-        finally:
-            watcher.close()
-    payloads = Store(tmp_path).sql("SELECT payload FROM events WHERE kind = 'weight_update'").column(0)
-    assert [json.loads(p)["method"] for p in payloads.to_pylist()] == ["load_weights"]
 
 
 def test_the_module_stays_within_its_time_budget() -> None:
