@@ -124,7 +124,14 @@ def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: i
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    chosen = list(scenarios) or list(json.loads(_demo_child("--list").stdout))
+    playable = json.loads(_demo_child("--list", "--engine", engine).stdout)
+    chosen = list(scenarios) or list(playable)
+    refused = [name for name in chosen if name not in playable]
+    if refused:
+        raise click.UsageError(
+            f"the {engine} engine cannot play {', '.join(refused)}: the offline vLLM "
+            "engine cannot take a weight update in the middle of a batch"
+        )
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<24}"),

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 
-from collectors.demo._loop import DEFAULT_STEPS, SCENARIOS
+from collectors.demo._loop import DEFAULT_STEPS, SCENARIOS, supported
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.list:
-        print(json.dumps({name: s.description for name, s in SCENARIOS.items()}))
+    if args.list:  # the scenarios this engine can play
+        print(json.dumps({n: s.description for n, s in SCENARIOS.items() if supported(s, args.engine)}))
+        return 0
+    chosen = args.scenarios or [n for n, s in SCENARIOS.items() if supported(s, args.engine)]
+    if args.engine == "vllm" and len(chosen) > 1:
+        # One process per scenario: an in-process vLLM engine's shutdown tears down state that the
+        # next engine in the same process would need.
+        common = ["--engine", "vllm", "--steps", str(args.steps), "--seed", str(args.seed)]
+        common += ["--root", args.root] if args.root else []
+        for name in chosen:
+            subprocess.run([sys.executable, "-m", "collectors.demo", name, *common], check=True)
         return 0
     if args.engine == "vllm":
         # In process (seconds to start, not tens), and a KV cache that fits beside the trainer.
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         args.root,
         engine=args.engine,
         steps=args.steps,
-        scenarios=args.scenarios or None,
+        scenarios=chosen,
         seed=args.seed,
         on_step=progress,
     )

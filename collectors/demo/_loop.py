@@ -84,6 +84,13 @@ SCENARIOS: dict[str, Scenario] = {
 StepCallback = Callable[[str, int, int, float], None]
 
 
+def supported(scenario: Scenario, engine: str) -> bool:
+    """Whether ``engine`` can play ``scenario``: the offline vLLM ``LLM`` generates a batch in one
+    blocking call, so a weight update cannot land in the middle of one (that needs ``AsyncLLM``)."""
+    settings = [scenario.engine] + ([scenario.switch_to] if scenario.switch_to else [])
+    return engine != "vllm" or all(s.pause_generation_for_updates for s in settings)
+
+
 def build_policy(vocab_size: int, seed: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
