@@ -106,3 +106,15 @@ def test_weight_update_events_say_what_happened(store: Store) -> None:
         .to_pylist()
     )
     assert change == [12]
+
+
+def test_the_monitor_flags_the_broken_runs_and_not_the_healthy_ones(store: Store) -> None:
+    import monitor
+
+    def threshold_findings(run: str) -> list:
+        found = monitor.detect_run(store, f"demo-torch-{run}")
+        return [f for f in found if f.detector == "threshold" and f.metric.startswith("mismatch/")]
+
+    assert threshold_findings("reference") == [] and threshold_findings("all-fixed") == []
+    assert any(f.metric == "mismatch/k3" and f.severity == "bad" for f in threshold_findings("raw-logprobs"))
+    assert any(f.metric == "mismatch/k3" for f in threshold_findings("prefix-cache-no-reset"))

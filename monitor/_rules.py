@@ -1,0 +1,41 @@
+"""Default thresholds from the field (DESIGN.md, with the source of each); all configurable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Fires when the value is above (or below) a level for ``consecutive`` steps in a row."""
+
+    warn: float | None = None
+    bad: float | None = None
+    below: bool = False  # True: smaller is worse (ESS, Pearson)
+    consecutive: int = 3
+    source: str = ""
+
+    def severity(self, value: float) -> str | None:
+        worse = (lambda level: value < level) if self.below else (lambda level: value > level)
+        if self.bad is not None and worse(self.bad):
+            return "bad"
+        if self.warn is not None and worse(self.warn):
+            return "warn"
+        return None
+
+
+DEFAULT_THRESHOLDS: dict[str, list[Threshold]] = {
+    "mismatch/abs_prob_diff_mean": [Threshold(warn=0.005, bad=0.01, source="verl FAQ")],
+    "mismatch/k3": [Threshold(warn=1e-3, bad=1e-2, source="verl rollout_corr K3 guidance")],
+    "mismatch/ratio_mean": [
+        Threshold(bad=2.0, source="verl health check"),
+        Threshold(bad=0.5, below=True, source="verl health check"),
+    ],
+    "mismatch/ess": [Threshold(bad=0.3, below=True, source="verl health check")],
+    "mismatch/chi2": [Threshold(bad=1.0, source="verl health check")],
+    "mismatch/prob_pearson": [Threshold(warn=0.99, below=True, source="MiniMax-M1")],
+}
+# Metrics that drift by design during training: judged by EWMA residuals, not by levels.
+TRENDING = ("train/kl_ref", "train/entropy", "train/clip_frac")
+# Metrics whose slow creep matters (one-sided CUSUM upward).
+CREEPING = ("mismatch/k3", "mismatch/abs_logp_diff_mean", "mismatch/abs_prob_diff_mean", "mismatch/chi2")

@@ -1,0 +1,53 @@
+"""Run every applicable detector over a run's series, straight from the store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from monitor._detectors import cusum, ewma_residuals, nonfinite, spikes, threshold
+from monitor._findings import Finding
+from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
+from storage import Store
+
+
+def detect(
+    run_id: str,
+    metric: str,
+    steps: np.ndarray,
+    values: np.ndarray,
+    thresholds: dict[str, list[Threshold]] | None = None,
+) -> list[Finding]:
+    """All detectors that apply to ``metric``, newest problems last."""
+    rules = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    order = np.argsort(steps, kind="stable")
+    steps, values = np.asarray(steps)[order], np.asarray(values, dtype=np.float64)[order]
+    found = nonfinite(run_id, metric, steps, values)
+    for rule in rules.get(metric, []):
+        found += threshold(run_id, metric, steps, values, rule)
+    if metric in CREEPING:
+        found += cusum(run_id, metric, steps, values)
+    if metric in TRENDING:
+        found += ewma_residuals(run_id, metric, steps, values)
+    elif metric.startswith(("mismatch/", "reward/", "train/", "response/")):
+        found += spikes(run_id, metric, steps, values)
+    return sorted(found, key=lambda f: (f.step_first, f.metric))
+
+
+def detect_run(
+    store: Store, run_id: str, thresholds: dict[str, list[Threshold]] | None = None
+) -> list[Finding]:
+    """Findings for every metric of one run (several rows at one step, e.g. ranks, are averaged)."""
+    table: pa.Table = store.sql(
+        "SELECT name, step, avg(value) AS value FROM metrics WHERE run_id = ? GROUP BY name, step "
+        "ORDER BY name, step",
+        [run_id],
+    )
+    names = np.asarray(table.column("name").to_pylist(), dtype=object)
+    steps = table.column("step").to_numpy()
+    values = table.column("value").to_numpy(zero_copy_only=False)
+    found: list[Finding] = []
+    for name in dict.fromkeys(names.tolist()):
+        idx = names == name
+        found += detect(run_id, name, steps[idx], values[idx], thresholds)
+    return found
