@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 from rich.console import Console
 from rich.table import Table
 
+import monitor
 import storage
 
 FORMATS = ("table", "csv", "json")
@@ -179,6 +180,88 @@ def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
             f"the demo trainer could not start (is torch installed?):\n{proc.stderr[-2000:]}"
         )
     return proc
+
+
+@main.command()
+@root_option
+@click.option("--metric", default="mismatch/k3", show_default=True, help="Metric to explain.")
+@click.option("--runs", "run_ids", multiple=True, help="Only these runs (repeatable). Default: all.")
+@format_option
+def correlate(root: str, metric: str, run_ids: tuple[str, ...], fmt: str) -> None:
+    """Rank engine flags and versions by how strongly they separate a metric across runs.
+
+    Each run segment under one engine configuration counts once (its mean of the metric). Effect:
+    Cliff's delta of the flag value with the highest median against the rest; p: exact
+    Mann-Whitney. Flags that always change together are listed together, not blamed one by one.
+    """
+    with storage.Store(root) as store:
+        segs = monitor.segments(store, metric, list(run_ids) or None)
+        effects = monitor.flag_effects(segs)
+    rows = [
+        {
+            "flag": e.flag,
+            "worst value": e.high_value,
+            "effect": round(e.effect, 3),
+            "median ratio": None if e.median_ratio is None else float(f"{e.median_ratio:.4g}"),
+            "p": round(e.p_value, 4),
+            "segments": " / ".join(f"{k}: {len(v)}" for k, v in sorted(e.groups.items())),
+            "confounded with": ", ".join(e.confounded_with),
+        }
+        for e in effects
+    ]
+    if not rows:
+        Console(stderr=True).print(f"no flag varies across the {len(segs)} segment(s) with {metric}")
+    _emit(pa.Table.from_pylist(rows) if rows else pa.table({"flag": pa.array([], pa.string())}), fmt)
+
+
+@main.command()
+@root_option
+@click.option("--ref", required=True, help="The reference run.")
+@click.option("--run", "run_id", required=True, help="The candidate run.")
+@click.option(
+    "--metrics", multiple=True, help="Metric to compare (repeatable). Default: mismatch and training."
+)
+@click.option(
+    "--tolerance",
+    "tolerances",
+    multiple=True,
+    metavar="METRIC=VALUE",
+    help="How much worse than the reference a metric may be per step (repeatable).",
+)
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
+def parity(
+    root: str,
+    ref: str,
+    run_id: str,
+    metrics: tuple[str, ...],
+    tolerances: tuple[str, ...],
+    fmt: str,
+    out: str | None,
+) -> None:
+    """Compare a run against a reference run step by step: distances, first divergence, verdict.
+
+    Exits 0 when the run passes, 1 when it does not (so CI can gate on it).
+    """
+    limits: dict[str, float] = {}
+    for item in tolerances:
+        name, _, value = item.partition("=")
+        try:
+            limits[name] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: expected METRIC=NUMBER", param_hint="--tolerance") from None
+    with storage.Store(root) as store:
+        try:
+            report = monitor.parity(store, ref, run_id, metrics=list(metrics) or None, tolerances=limits)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from exc
+    text = report.to_html() if fmt == "html" else report.to_markdown()
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text)
+    sys.exit(0 if report.passed else 1)
 
 
 def _emit(table: pa.Table, fmt: str) -> None:

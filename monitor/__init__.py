@@ -1,27 +1,53 @@
 """Drift detection over what ``storage`` returns: pure functions, no Streamlit, no I/O of its own.
 
-Now: detectors over one run's metric series (thresholds with hysteresis, CUSUM creep, robust-z
-spikes, EWMA residuals for trending metrics, NaN/Inf). Flag correlation, parity reports and alerts
-are the rest of issue 5.
+- detectors over one run's metric series (thresholds with hysteresis, CUSUM creep, robust-z spikes,
+  EWMA residuals for trending metrics, NaN/Inf), and their attribution to mid-run engine changes;
+- flag correlation across runs and segments, and flag diffs;
+- parity reports of a run against a reference run (Markdown and HTML).
+Alerts are the rest of issue 5.
 """
 
 from monitor._detectors import cusum, ewma_residuals, nonfinite, spikes, threshold
 from monitor._findings import SEVERITIES, Finding
+from monitor._flags import (
+    ConfigChange,
+    FlagEffect,
+    Segment,
+    config_changes,
+    flag_diff,
+    flag_effects,
+    segments,
+)
+from monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
 from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
-from monitor._scan import detect, detect_run
+from monitor._scan import Attribution, attribute, detect, detect_run
 
 __all__ = [
+    "CONTEXT_METRICS",
     "CREEPING",
     "DEFAULT_THRESHOLDS",
+    "DEFAULT_TOLERANCES",
     "SEVERITIES",
     "TRENDING",
+    "Attribution",
+    "ConfigChange",
     "Finding",
+    "FlagEffect",
+    "MetricParity",
+    "ParityReport",
+    "Segment",
     "Threshold",
+    "attribute",
+    "config_changes",
     "cusum",
     "detect",
     "detect_run",
     "ewma_residuals",
+    "flag_diff",
+    "flag_effects",
     "nonfinite",
+    "parity",
+    "segments",
     "spikes",
     "threshold",
 ]

@@ -101,7 +101,8 @@ def cusum(
     h: float = 8.0,
 ) -> list[Finding]:
     """One-sided (upward) CUSUM in robust sigma units against the first ``baseline`` points:
-    catches a slow creep that never crosses a fixed level. Fires once per excursion."""
+    catches a slow creep that never crosses a fixed level. One finding per excursion, from its
+    onset (where the sum left zero) to where it fell back (or the end), with the step it fired."""
     finite = np.isfinite(values)
     x, s = values[finite], steps[finite]
     if len(x) <= baseline:
@@ -110,35 +111,47 @@ def cusum(
     center = float(np.median(ref))
     sigma = _MAD_TO_SIGMA * float(np.median(np.abs(ref - center)))
     sigma = max(sigma, 1e-3 * abs(center), 1e-12)
-    total, start, findings = 0.0, None, []
+    total, start, fired, findings = 0.0, None, None, []
+
+    def close(end: int) -> None:
+        segment = x[start : end + 1]
+        findings.append(
+            Finding(
+                run_id,
+                metric,
+                int(s[start]),
+                int(s[end]),
+                "warn",
+                "cusum",
+                float(segment.max()),
+                f"{metric} rose from {center:.4g} (steps {int(s[0])}-{int(s[baseline - 1])}) to up to "
+                f"{segment.max():.4g} over steps {int(s[start])}-{int(s[end])}; CUSUM passed {h:g} sigma at "
+                f"step {int(s[fired])}",
+                int(s[fired]),
+            )
+        )
+
     for i in range(baseline, len(x)):
         total = max(0.0, total + (x[i] - center) / sigma - k)
         if total > 0 and start is None:
             start = i
+        if total > h and fired is None:
+            fired = i
         if total == 0:
-            start = None
-        if total > h:
-            findings.append(
-                Finding(
-                    run_id,
-                    metric,
-                    int(s[start]),
-                    int(s[i]),
-                    "warn",
-                    "cusum",
-                    float(x[i]),
-                    f"{metric} crept up from {center:.4g} to {x[i]:.4g} between steps {int(s[start])} and "
-                    f"{int(s[i])} (CUSUM {total:.1f} > {h:g} sigma)",
-                )
-            )
-            total, start = 0.0, None
+            if fired is not None:
+                close(i - 1)
+            start, fired = None, None
+    if fired is not None:
+        close(len(x) - 1)
     return findings
 
 
 def spikes(
     run_id: str, metric: str, steps: np.ndarray, values: np.ndarray, *, window: int = 20, z: float = 6.0
 ) -> list[Finding]:
-    """Points more than ``z`` robust sigmas (median/MAD over the trailing window) from the median."""
+    """Isolated points more than ``z`` robust sigmas (median/MAD over the trailing window) from the
+    median. A point whose successor is just as far off is a level shift (CUSUM's and the
+    thresholds' business), not a spike; the newest point is judged against the median only."""
     findings = []
     for i in range(window, len(values)):
         if not math.isfinite(values[i]):
@@ -152,7 +165,8 @@ def spikes(
         if sigma <= 0:
             continue
         score = (values[i] - center) / sigma
-        if abs(score) > z:
+        following = values[i + 1] if i + 1 < len(values) else center
+        if abs(score) > z and abs(following - center) <= z * sigma:  # isolated, not a level shift
             findings.append(
                 Finding(
                     run_id,

@@ -17,3 +17,4 @@ class Finding:
     detector: str  # "threshold" | "cusum" | "spike" | "ewma" | "nonfinite"
     value: float  # the most telling value in the range (the worst, or the detector's statistic)
     message: str
+    step_detected: int | None = None  # when an online detector would have fired (None: step_first)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
 from monitor._detectors import cusum, ewma_residuals, nonfinite, spikes, threshold
 from monitor._findings import Finding
+from monitor._flags import ConfigChange, config_changes
 from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
 from storage import Store
 
@@ -51,3 +54,31 @@ def detect_run(
         idx = names == name
         found += detect(run_id, name, steps[idx], values[idx], thresholds)
     return found
+
+
+@dataclass(frozen=True)
+class Attribution:
+    finding: Finding
+    change: ConfigChange | None  # the engine change just before the finding, if any
+
+    @property
+    def message(self) -> str:
+        if self.change is None:
+            return self.finding.message
+        flags = ", ".join(f"{k}: {a} -> {b}" for k, a, b in self.change.diff) or "no flag differs"
+        return f"{self.finding.message}; at the engine change of step {self.change.step} ({flags})"
+
+
+def attribute(store: Store, run_id: str, findings: list[Finding], window: int = 5) -> list[Attribution]:
+    """Pair each finding with an engine configuration change within ``window`` steps of its onset
+    (either side: a detector's onset estimate can lead the true change by a step or two)."""
+    changes = config_changes(store, run_id)
+    out = []
+    for finding in findings:
+        near = sorted(
+            (abs(finding.step_first - c.step), c.step, c)
+            for c in changes
+            if abs(finding.step_first - c.step) <= window
+        )
+        out.append(Attribution(finding, near[0][2] if near else None))
+    return out

@@ -13,7 +13,7 @@ from storage._queries import (
     metric_series,
     metrics_after,
 )
-from storage._schema import SCHEMAS, TABLES
+from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS
 from storage._store import QueryError, Store, connect
 from storage._writer import Writer, WriterStats
 
@@ -23,6 +23,7 @@ __all__ = [
     "ROOT_ENV",
     "SCHEMAS",
     "TABLES",
+    "VOLATILE_ENGINE_FLAGS",
     "CompactReport",
     "QueryError",
     "Store",

@@ -8,6 +8,8 @@ DuckDB, Spark, Trino and Polars all expect.
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 
 TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts")
@@ -133,6 +135,16 @@ SCHEMAS: dict[str, pa.Schema] = {
         ]
     ),
 }
+
+# Keys of ``engines.flags`` whose values differ between two engines with identical settings (ids,
+# ports, shared-memory names, model and cache paths, the custom ops a process already registered):
+# kept in ``flags`` for the record, left out of fingerprints, flag diffs and flag correlation.
+VOLATILE_ENGINE_FLAGS = re.compile(
+    r"(instance_id|engine_id|_ident$|abled_custom_ops|(^|[._])port$|cache_dir|cache_save_path|"
+    r"compile_cache|local_cache|shm|uuid|(^|[._])ip$|host_ip|rpc_base_path|served_model_name|"
+    r"(^|\.)model$|(^|\.)tokenizer$|weight_path)",
+    re.IGNORECASE,
+)
 
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR",

@@ -18,16 +18,10 @@ import re
 from importlib import metadata
 from typing import Any
 
+from storage import VOLATILE_ENGINE_FLAGS
+
 log = logging.getLogger(__name__)
 
-# Keys whose values differ between two identical engines (ids, ports, cache paths, the custom ops
-# a process has already registered): kept in
-# ``flags`` but left out of the fingerprint so the same settings always hash the same.
-_VOLATILE = re.compile(
-    r"(instance_id|engine_id|_IDENT$|abled_custom_ops|_port$|port$|cache_dir|cache_save_path|compile_cache|local_cache|"
-    r"^env\.VLLM_PORT|random|uuid|_ip$|host_ip|rpc_base_path|served_model_name|^model$|^tokenizer$|"
-    r"model_config\.model$|model_config\.tokenizer$|weight_path)"
-)
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _SUBCONFIGS = (
@@ -105,15 +99,15 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
     flags: dict[str, Any] = {name: to_plain(_get(config, name)) for name in _SUBCONFIGS}
     flags["env"] = env
     flags["worker"] = worker_probe
-    flags["columns"] = {k: v for k, v in row.items() if k not in ("torch_version", "transformers_version")}
     row["flags"] = flags
     row["fingerprint"] = fingerprint(flags)
     return row
 
 
 def fingerprint(flags: dict[str, Any]) -> str:
-    """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths (``_VOLATILE``)."""
-    stable = {k: v for k, v in _flatten(flags).items() if not _VOLATILE.search(k)}
+    """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths
+    (``storage.VOLATILE_ENGINE_FLAGS``)."""
+    stable = {k: v for k, v in _flatten(flags).items() if not VOLATILE_ENGINE_FLAGS.search(k)}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
