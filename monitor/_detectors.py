@@ -96,9 +96,9 @@ def cusum(
     steps: np.ndarray,
     values: np.ndarray,
     *,
-    baseline: int = 10,
-    k: float = 0.5,
-    h: float = 8.0,
+    baseline: int = 20,
+    k: float = 1.0,
+    h: float = 10.0,
 ) -> list[Finding]:
     """One-sided (upward) CUSUM in robust sigma units against the first ``baseline`` points:
     catches a slow creep that never crosses a fixed level. One finding per excursion, from its
@@ -109,7 +109,9 @@ def cusum(
         return []
     ref = x[:baseline]
     center = float(np.median(ref))
-    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(ref - center)))
+    # The larger of the robust and the plain estimate: a short baseline's MAD can come out small,
+    # and an underestimated sigma is what makes CUSUM cry wolf.
+    sigma = max(_MAD_TO_SIGMA * float(np.median(np.abs(ref - center))), float(np.std(ref, ddof=1)))
     sigma = max(sigma, 1e-3 * abs(center), 1e-12)
     total, start, fired, findings = 0.0, None, None, []
 
@@ -147,7 +149,7 @@ def cusum(
 
 
 def spikes(
-    run_id: str, metric: str, steps: np.ndarray, values: np.ndarray, *, window: int = 20, z: float = 6.0
+    run_id: str, metric: str, steps: np.ndarray, values: np.ndarray, *, window: int = 20, z: float = 8.0
 ) -> list[Finding]:
     """Isolated points more than ``z`` robust sigmas (median/MAD over the trailing window) from the
     median. A point whose successor is just as far off is a level shift (CUSUM's and the

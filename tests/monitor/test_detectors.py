@@ -83,3 +83,30 @@ def test_detect_run_reads_the_store(tmp_path: Path) -> None:
     bad = [f for f in found if f.severity == "bad"]
     assert [(f.metric, f.step_first, f.step_last) for f in bad] == [("mismatch/k3", 40, 49)]
     assert not [f for f in found if f.metric == "train/entropy"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_delay_and_false_alarms_on_known_change_points(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 1e-5, 200)
+    # a step change at 120: CUSUM fires within 3 steps, thresholds within consecutive+1
+    step_series = 1e-4 + noise + np.where(np.arange(200) >= 120, 0.02, 0.0)
+    creep = [
+        f for f in monitor.detect("r", "mismatch/k3", np.arange(200), step_series) if f.detector == "cusum"
+    ]
+    assert len(creep) == 1 and 120 <= creep[0].step_detected <= 123
+    level = [
+        f
+        for f in monitor.detect("r", "mismatch/k3", np.arange(200), step_series)
+        if f.detector == "threshold"
+    ]
+    assert [(f.step_first, f.severity) for f in level] == [(120, "bad")]
+    # a slow ramp from 100 on: CUSUM within 25 steps; no false alarm before it
+    ramp = 1e-4 + noise + np.clip(np.arange(200) - 100, 0, None) * 2e-6
+    found = monitor.cusum("r", "mismatch/k3", np.arange(200), ramp)
+    assert len(found) == 1 and 100 <= found[0].step_detected <= 125
+    # a stationary control: nothing from any detector
+    control = 1e-4 + rng.normal(0, 1e-5, 200)
+    assert monitor.detect("r", "mismatch/k3", np.arange(200), control) == []
+    trending = np.linspace(1.0, 0.2, 200) + rng.normal(0, 0.003, 200)
+    assert monitor.detect("r", "train/entropy", np.arange(200), trending) == []

@@ -1,0 +1,126 @@
+"""The monitor on the demo's real runs (torch engine): parity, attribution, correlation, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import monitor
+from collectors.demo import run_demo
+from storage import Store
+
+pytestmark = pytest.mark.slow
+FAILURES = {  # scenario -> the flag that defines it
+    "raw-logprobs": "logprobs_mode",
+    "prefix-cache-no-reset": "flags.reset_prefix_cache_on_update",
+    "inflight-update": "async_scheduling",
+    "bf16-lm-head": "lm_head_dtype",
+    "flag-change": "logprobs_mode",
+}
+LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demo")
+    run_demo(path, engine="torch", steps=16)
+    return path
+
+
+def test_parity_passes_all_fixed_and_fails_every_failure_mode(root: Path) -> None:
+    store = Store(root)
+    healthy = monitor.parity(store, "demo-torch-reference", "demo-torch-all-fixed")
+    assert healthy.passed and healthy.first_divergence is None
+    for scenario, flag in FAILURES.items():
+        report = monitor.parity(store, "demo-torch-reference", f"demo-torch-{scenario}")
+        assert not report.passed, scenario
+        assert report.first_divergence is not None
+        assert flag in [k for k, _, _ in report.flag_diff], (scenario, report.flag_diff)
+        markdown = report.to_markdown()
+        assert f"first divergence at step {report.first_divergence}" in markdown and flag in markdown
+    flag_change = monitor.parity(store, "demo-torch-reference", "demo-torch-flag-change")
+    assert 8 <= flag_change.first_divergence <= 10  # the restart is at step 8 of 16
+    assert "<table>" in flag_change.to_html()
+
+
+def test_flag_change_is_found_and_attributed_to_logprobs_mode(root: Path) -> None:
+    store = Store(root)
+    run = "demo-torch-flag-change"
+    findings = [f for f in monitor.detect_run(store, run) if f.metric == "mismatch/k3"]
+    attributed = [a for a in monitor.attribute(store, run, findings) if a.change is not None]
+    assert attributed, findings
+    change = attributed[0].change
+    assert change.step == 8 and [k for k, _, _ in change.diff] == ["logprobs_mode"]
+    assert abs(attributed[0].finding.step_first - 8) <= 2
+    assert "logprobs_mode: processed_logprobs -> raw_logprobs" in attributed[0].message
+
+
+def test_correlate_ranks_the_defining_flags(root: Path) -> None:
+    segs = monitor.segments(Store(root), "mismatch/k3")
+    assert len(segs) == 8  # seven runs, one of them restarted with other flags
+    effects = monitor.flag_effects(segs)
+    assert [e.p_value for e in effects] == sorted(e.p_value for e in effects)
+    by_flag = {e.flag: e for e in effects}
+    # Each failure mode flips one flag, so each flag's "bad" value holds the higher k3 ...
+    assert by_flag["logprobs_mode"].high_value == "raw_logprobs" and by_flag["logprobs_mode"].effect > 0.5
+    assert by_flag["async_scheduling"].high_value == "True"
+    # ... and flags that always change together are reported together, not blamed separately.
+    assert by_flag["async_scheduling"].confounded_with == ["flags.pause_generation_for_updates"]
+    assert "flags.pause_generation_for_updates" not in by_flag
+    # ... while with one run per failure mode no p-value can be small: the test says so honestly.
+    assert min(e.p_value for e in effects) > 0.05
+    proc = subprocess.run(
+        [LOGPROBE, "correlate", "--root", str(root), "--metric", "mismatch/k3", "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith('"flag","worst value","effect"') and len(lines) == len(effects) + 1
+
+
+def test_parity_cli_exit_code_and_html(root: Path, tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [
+            LOGPROBE,
+            "parity",
+            "--root",
+            str(root),
+            "--ref",
+            "demo-torch-reference",
+            "--run",
+            "demo-torch-all-fixed",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "Verdict: PASS" in ok.stdout
+    out = tmp_path / "report.html"
+    bad = subprocess.run(
+        [
+            LOGPROBE,
+            "parity",
+            "--root",
+            str(root),
+            "--ref",
+            "demo-torch-reference",
+            "--run",
+            "demo-torch-raw-logprobs",
+            "--format",
+            "html",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1 and "Verdict: FAIL" in out.read_text()
+    unknown = subprocess.run(
+        [LOGPROBE, "parity", "--root", str(root), "--ref", "nope", "--run", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert unknown.returncode == 2 and "no metrics for run 'nope'" in unknown.stderr
