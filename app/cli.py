@@ -264,6 +264,61 @@ def parity(
     sys.exit(0 if report.passed else 1)
 
 
+@main.group()
+def alerts() -> None:
+    """Alert rules over the store: watch live runs, list what fired."""
+
+
+@alerts.command("watch")
+@root_option
+@click.option("--rules", type=click.Path(dir_okay=False), help="TOML rule file. Default: the shipped rules.")
+@click.option("--interval", default=0.5, show_default=True, help="Seconds between looks at the store.")
+@click.option("--once", is_flag=True, help="Process what is there now, then exit.")
+def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> None:
+    """Tail every run in the store, fire and resolve alerts, record them in the alerts table."""
+    try:
+        engine = monitor.AlertEngine.from_file(rules) if rules else monitor.AlertEngine()
+    except monitor.RuleError as exc:
+        raise click.UsageError(str(exc)) from exc
+    console = Console(stderr=True)
+
+    def show(alert: monitor.Alert) -> None:
+        color = "red" if alert.state == "firing" else "green"
+        console.print(f"[{color}]{alert.state}[/{color}] {alert.run_id} step {alert.step}: {alert.message}")
+
+    store = storage.Store(root)
+    writer = storage.Writer(root, flush_interval=interval)
+    watcher = monitor.AlertWatcher(store, engine, writer)
+    console.print(f"watching {store.root} with {len(engine.rules)} rule(s); Ctrl-C to stop")
+    try:
+        if once:
+            for alert in watcher.tick():
+                show(alert)
+        else:
+            watcher.run(interval, on_alert=show)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        engine.close()
+        writer.close()
+
+
+@alerts.command("list")
+@root_option
+@format_option
+@click.option("--run", "run_ids", multiple=True, help="Only this run (repeatable).")
+def alerts_list(root: str, fmt: str, run_ids: tuple[str, ...]) -> None:
+    """The alerts recorded so far, newest first."""
+    with storage.Store(root) as store:
+        where = "WHERE run_id IN (SELECT unnest(?))" if run_ids else ""
+        table = store.sql(
+            f"SELECT ts, run_id, step, state, severity, rule, value, threshold, message FROM alerts {where} "
+            "ORDER BY ts DESC",
+            [list(run_ids)] if run_ids else None,
+        )
+    _emit(table, fmt)
+
+
 def _emit(table: pa.Table, fmt: str) -> None:
     if fmt == "csv":
         pacsv.write_csv(table, sys.stdout.buffer)

@@ -8,11 +8,12 @@ __version__ = "0.1.0"
 
 from collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, compute_mismatch
 from collectors._rl_stats import rl_stats, token_entropy
-from collectors._run import Run, init
+from collectors._run import AlertFiredError, Run, init
 
 __all__ = [
     "HIST_EDGES",
     "MISMATCH_METRICS",
+    "AlertFiredError",
     "MismatchResult",
     "Run",
     "__version__",

@@ -48,6 +48,8 @@ class Run:
         self.worker = worker
         self._closed = False
         self._owns_writer = True
+        self.alerts: Any = None  # a monitor.AlertEngine, evaluated on every log()
+        self.on_alert = "log"
 
     # -------------------------------------------------------------- scalars
 
@@ -72,6 +74,26 @@ class Run:
             rank=self.rank,
             worker=self.worker,
         )
+        if self.alerts is not None:
+            self._check_alerts(step, metrics)
+
+    def _check_alerts(self, step: int, metrics: Mapping[str, Any]) -> None:
+        try:
+            changed = self.alerts.observe(self.run_id, step, metrics)
+        except Exception as exc:  # a broken rule must not stop training
+            log.warning("logprobe: alert evaluation failed: %s", exc)
+            return
+        for alert in changed:
+            self.writer.append(
+                "alerts",
+                self.run_id,
+                {**alert.row(), "source": self.source, "rank": self.rank, "worker": self.worker},
+            )
+        firing = [a for a in changed if a.state == "firing"]
+        if firing and self.on_alert == "raise":
+            self.writer.flush()
+            first = firing[0]
+            raise AlertFiredError(f"run {self.run_id} step {step}: {first.message} (rule {first.rule})")
 
     def log_mismatch(
         self,
@@ -217,15 +239,34 @@ def init(
     *,
     tags: list[str] | None = None,
     worker: str | None = None,
+    alerts: Any = None,
+    on_alert: str = "log",
 ) -> Run:
     """Start (or join, with the same ``run_id``) a run and write its ``runs`` row.
 
     ``root`` defaults to ``$LOGPROBE_DIR``, else ``./logprobe-data``. Several processes (ranks,
     rollout workers) join one run by passing the same ``run_id``; each writes its own files.
+
+    ``alerts``: ``True`` for the shipped rules, a TOML rule file, or a ``monitor.AlertEngine``;
+    rules are evaluated on every ``log`` and alerts land in the ``alerts`` table. With
+    ``on_alert="raise"`` a firing alert raises :class:`AlertFiredError` to stop a run gone off the rails.
     """
+    if on_alert not in ("log", "raise"):
+        raise ValueError(f"on_alert must be 'log' or 'raise', got {on_alert!r}")
     run_id = check_name("run_id", run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     writer = Writer(root, flush_interval=flush_interval)
     run = Run(writer, run_id, source=source, rank=rank, worker=worker)
+    if alerts is not None and alerts is not False:
+        # The rule engine is pure Python shared with the store watcher; imported only when asked for.
+        import monitor
+
+        if alerts is True:
+            run.alerts = monitor.AlertEngine()
+        elif isinstance(alerts, monitor.AlertEngine):
+            run.alerts = alerts
+        else:
+            run.alerts = monitor.AlertEngine.from_file(alerts)
+        run.on_alert = on_alert
     from collectors import __version__
 
     writer.append(
@@ -248,6 +289,10 @@ def init(
     )
     run.event("run_start")
     return run
+
+
+class AlertFiredError(RuntimeError):
+    """Raised by ``Run.log`` when an alert fires and the run was started with ``on_alert="raise"``."""
 
 
 def to_json(value: Any) -> str:

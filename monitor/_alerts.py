@@ -1,0 +1,355 @@
+"""Alert rules, their evaluation, and where alerts go.
+
+A rule file is TOML::
+
+    [[rule]]
+    name = "k3-bad"            # unique
+    metric = "mismatch/k3"
+    above = 1e-2               # or: below = ...
+    for_steps = 3              # consecutive steps before it fires (hysteresis)
+    severity = "bad"           # "warn" | "bad"
+    cooldown_s = 300           # after it resolves, stay quiet this long
+    notify = ["log", "slack"]  # names from [notifier.*]; "log" is built in
+
+    [notifier.slack]
+    kind = "webhook"           # JSON POST; format = "generic" | "slack" | "discord"
+    format = "slack"
+    url_env = "LOGPROBE_SLACK_URL"   # the URL is read from the environment, never stored
+
+:class:`AlertEngine` is the state machine both the inline collector hook and ``logprobe alerts
+watch`` run: it is fed (run, step, metrics) and returns the alerts that changed state. Webhooks
+are sent from a background thread with a bounded queue, a timeout and bounded retries, so a slow
+or dead endpoint never blocks the training loop; failures are counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor._rules import DEFAULT_THRESHOLDS
+
+log = logging.getLogger(__name__)
+
+
+class RuleError(ValueError):
+    """A rule file that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    for_steps: int = 3
+    severity: str = "warn"
+    cooldown_s: float = 300.0
+    notify: tuple[str, ...] = ("log",)
+
+    def violated(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return True
+        return (self.above is not None and value > self.above) or (
+            self.below is not None and value < self.below
+        )
+
+    @property
+    def threshold(self) -> float:
+        return self.above if self.above is not None else float(self.below)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Alert:
+    run_id: str
+    step: int
+    rule: str
+    metric: str
+    severity: str
+    value: float
+    threshold: float
+    state: str  # "firing" | "resolved"
+    message: str
+    ts: float = field(default_factory=time.time)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "ts": self.ts,
+            "rule": self.rule,
+            "metric": self.metric,
+            "severity": self.severity,
+            "value": self.value,
+            "threshold": self.threshold,
+            "state": self.state,
+            "message": self.message,
+        }
+
+
+def default_rules() -> list[Rule]:
+    """The shipped rules: DESIGN.md's thresholds from the field, held for 3 steps."""
+    rules = []
+    for metric, thresholds in DEFAULT_THRESHOLDS.items():
+        for t in thresholds:
+            for severity, level in (("bad", t.bad), ("warn", t.warn)):
+                if level is None:
+                    continue
+                side = "below" if t.below else "above"
+                rules.append(
+                    Rule(
+                        name=f"{metric}-{severity}-{side}",
+                        metric=metric,
+                        severity=severity,
+                        for_steps=t.consecutive,
+                        **{side: level},
+                    )
+                )
+    return rules
+
+
+def load_rules(path: str | os.PathLike[str]) -> tuple[list[Rule], dict[str, dict[str, Any]]]:
+    """Rules and notifier settings from a TOML file; a :class:`RuleError` names what is wrong."""
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RuleError(f"{source}: no such rule file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RuleError(f"{source}: not valid TOML: {exc}") from None
+    notifiers = data.get("notifier", {})
+    if not isinstance(notifiers, dict):
+        raise RuleError(f"{source}: [notifier] must be a table of named notifiers")
+    rules: list[Rule] = []
+    allowed = {"name", "metric", "above", "below", "for_steps", "severity", "cooldown_s", "notify"}
+    for i, raw in enumerate(data.get("rule", [])):
+        where = f"{source}: rule #{i + 1}" + (f" ({raw.get('name')})" if isinstance(raw, dict) else "")
+        if not isinstance(raw, dict):
+            raise RuleError(f"{where}: each [[rule]] must be a table")
+        unknown = set(raw) - allowed
+        if unknown:
+            raise RuleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        for needed in ("name", "metric"):
+            if not isinstance(raw.get(needed), str) or not raw[needed]:
+                raise RuleError(f"{where}: field '{needed}' must be a non-empty string")
+        if ("above" in raw) == ("below" in raw):
+            raise RuleError(f"{where}: give exactly one of 'above' or 'below'")
+        for key in ("above", "below", "cooldown_s"):
+            if key in raw and not isinstance(raw[key], int | float):
+                raise RuleError(f"{where}: field '{key}' must be a number, got {raw[key]!r}")
+        if not isinstance(raw.get("for_steps", 3), int) or raw.get("for_steps", 3) < 1:
+            raise RuleError(f"{where}: field 'for_steps' must be an integer >= 1")
+        if raw.get("severity", "warn") not in ("warn", "bad"):
+            raise RuleError(f"{where}: field 'severity' must be 'warn' or 'bad'")
+        notify = raw.get("notify", ["log"])
+        if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
+            raise RuleError(f"{where}: field 'notify' must be a list of notifier names")
+        missing = [n for n in notify if n != "log" and n not in notifiers]
+        if missing:
+            raise RuleError(f"{where}: notifier(s) {', '.join(missing)} not defined under [notifier.*]")
+        rules.append(Rule(**{**raw, "notify": tuple(notify)}))
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise RuleError(f"{source}: rule names must be unique")
+    for name, cfg in notifiers.items():
+        if not isinstance(cfg, dict) or cfg.get("kind") != "webhook":
+            raise RuleError(f'{source}: notifier.{name}: only kind = "webhook" is supported')
+        if not isinstance(cfg.get("url_env"), str):
+            raise RuleError(f"{source}: notifier.{name}: 'url_env' must name an environment variable")
+        if cfg.get("format", "generic") not in ("generic", "slack", "discord"):
+            raise RuleError(f"{source}: notifier.{name}: 'format' must be generic, slack or discord")
+    return rules, notifiers
+
+
+class WebhookNotifier:
+    """POSTs alerts as JSON from a background thread: never blocks, never raises into the caller."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fmt: str = "generic",
+        timeout_s: float = 2.0,
+        retries: int = 2,
+        max_queue: int = 1000,
+    ) -> None:
+        self.url = url
+        self.fmt = fmt
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[Alert | None] = queue.Queue(max_queue)
+        self._thread = threading.Thread(target=self._run, name="logprobe-webhook", daemon=True)
+        self._thread.start()
+
+    def __call__(self, alert: Alert) -> None:
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            self.dropped += 1
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        icon = {"firing": ":rotating_light:", "resolved": ":white_check_mark:"}[alert.state]
+        text = f"{icon} [{alert.severity}] {alert.run_id} step {alert.step}: {alert.message}"
+        if self.fmt == "slack":
+            return {"text": text}
+        if self.fmt == "discord":
+            return {"content": text}
+        return {"text": text, **alert.row(), "run_id": alert.run_id}
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while (alert := self._queue.get()) is not None:
+            body = json.dumps(self.payload(alert)).encode()
+            for attempt in range(self.retries + 1):
+                request = urllib.request.Request(
+                    self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                        response.read()
+                    self.sent += 1
+                    break
+                except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                    if attempt == self.retries:
+                        self.failed += 1
+                        log.warning("logprobe: webhook failed after %d tries: %s", attempt + 1, exc)
+                    else:
+                        time.sleep(min(0.2 * 2**attempt, 2.0))
+
+
+def log_notifier(alert: Alert) -> None:
+    level = logging.WARNING if alert.state == "firing" else logging.INFO
+    log.log(
+        level, "logprobe alert %s: %s (run %s, step %d)", alert.state, alert.message, alert.run_id, alert.step
+    )
+
+
+class AlertEngine:
+    """Per (run, rule): count consecutive violating steps, fire at ``for_steps``, resolve on the
+    first clean step, then keep quiet for ``cooldown_s``."""
+
+    def __init__(
+        self,
+        rules: list[Rule] | None = None,
+        notifiers: dict[str, Any] | None = None,
+        *,
+        clock: Any = time.time,
+    ) -> None:
+        self.rules = default_rules() if rules is None else list(rules)
+        self.notifiers: dict[str, Any] = {"log": log_notifier, **(notifiers or {})}
+        self._by_metric: dict[str, list[Rule]] = {}
+        for rule in self.rules:
+            self._by_metric.setdefault(rule.metric, []).append(rule)
+        self._streak: dict[tuple[str, str], int] = {}
+        self._firing: dict[tuple[str, str], bool] = {}
+        self._quiet_until: dict[tuple[str, str], float] = {}
+        self._clock = clock
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> AlertEngine:
+        rules, settings = load_rules(path)
+        notifiers = {}
+        for name, cfg in settings.items():
+            url = os.environ.get(cfg["url_env"])
+            if not url:
+                raise RuleError(f"{path}: notifier.{name}: environment variable {cfg['url_env']} is not set")
+            notifiers[name] = WebhookNotifier(
+                url, fmt=cfg.get("format", "generic"), timeout_s=float(cfg.get("timeout_s", 2.0))
+            )
+        return cls(rules, notifiers)
+
+    @property
+    def metrics(self) -> set[str]:
+        return set(self._by_metric)
+
+    def observe(self, run_id: str, step: int, metrics: dict[str, float]) -> list[Alert]:
+        """Feed one step; returns (and notifies) the alerts that changed state."""
+        changed = []
+        for metric, rules in self._by_metric.items():
+            value = metrics.get(metric)
+            if value is None:
+                continue
+            for rule in rules:
+                alert = self._step(run_id, step, rule, float(value))
+                if alert is not None:
+                    changed.append(alert)
+                    self._notify(rule, alert)
+        return changed
+
+    def _step(self, run_id: str, step: int, rule: Rule, value: float) -> Alert | None:
+        key = (run_id, rule.name)
+        side = f"above {rule.above:g}" if rule.above is not None else f"below {rule.below:g}"
+        if rule.violated(value):
+            self._streak[key] = self._streak.get(key, 0) + 1
+            if (
+                not self._firing.get(key)
+                and self._streak[key] >= rule.for_steps
+                and self._clock() >= self._quiet_until.get(key, 0.0)
+            ):
+                self._firing[key] = True
+                return Alert(
+                    run_id,
+                    step,
+                    rule.name,
+                    rule.metric,
+                    rule.severity,
+                    value,
+                    rule.threshold,
+                    "firing",
+                    f"{rule.metric} = {value:.4g}, {side} for {self._streak[key]} steps",
+                )
+            return None
+        self._streak[key] = 0
+        if self._firing.get(key):
+            self._firing[key] = False
+            self._quiet_until[key] = self._clock() + rule.cooldown_s
+            return Alert(
+                run_id,
+                step,
+                rule.name,
+                rule.metric,
+                rule.severity,
+                value,
+                rule.threshold,
+                "resolved",
+                f"{rule.metric} = {value:.4g}, back "
+                + (
+                    f"at or below {rule.above:g}" if rule.above is not None else f"at or above {rule.below:g}"
+                ),
+            )
+        return None
+
+    def _notify(self, rule: Rule, alert: Alert) -> None:
+        for name in rule.notify:
+            notifier = self.notifiers.get(name)
+            if notifier is None:
+                continue
+            try:
+                notifier(alert)
+            except Exception as exc:  # a notifier must never take the caller down
+                log.warning("logprobe: notifier %s failed: %s", name, exc)
+
+    def close(self) -> None:
+        for notifier in self.notifiers.values():
+            closer = getattr(notifier, "close", None)
+            if callable(closer):
+                closer()
