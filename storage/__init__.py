@@ -7,6 +7,7 @@ from storage._compact import CompactReport, compact
 from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
 from storage._queries import (
     DEFAULT_MAX_POINTS,
+    X_AXES,
     engines,
     list_runs,
     metric_names,
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEMAS",
     "TABLES",
     "VOLATILE_ENGINE_FLAGS",
+    "X_AXES",
     "CompactReport",
     "QueryError",
     "Store",
