@@ -133,6 +133,7 @@ class Writer:
         )
         self._thread.start()
         _LIVE_WRITERS.add(self)
+        _warm_up_arrow()
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ caller side (hot path)
@@ -430,6 +431,24 @@ def _metrics_table(entries: list[tuple]) -> pa.Table:
         ],
         schema=schema,
     )
+
+
+_WARM = False
+
+
+def _warm_up_arrow() -> None:
+    """Build one tiny table of each kind now, once per process.
+
+    pyarrow imports optional modules (pandas, when installed) on first use. If that first use is
+    the atexit flush, the import fails ("can't register atexit after shutdown") and the rows would
+    be lost; doing it here, in the caller's thread at start-up, keeps the final flush safe.
+    """
+    global _WARM
+    if _WARM:
+        return
+    _metrics_table([("warm-up", 0, 1, 0.0, "trainer", 0, None, {"x": 0.0})])
+    pa.Table.from_pylist([{"kind": "warm-up"}], schema=SCHEMAS["events"])
+    _WARM = True
 
 
 def _safe_host() -> str:
