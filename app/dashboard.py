@@ -123,8 +123,9 @@ def parity_page(store: storage.Store, runs: list[str]) -> None:
     if len(runs) < 2:
         st.info("Parity needs two runs.")
         return
-    ref = st.selectbox("Reference run", runs, index=0)
-    cand = st.selectbox("Candidate run", runs, index=1)
+    default_ref = next((i for i, r in enumerate(runs) if "reference" in r), 0)
+    ref = st.selectbox("Reference run", runs, index=default_ref)
+    cand = st.selectbox("Candidate run", runs, index=1 if default_ref == 0 else 0)
     report = monitor.parity(store, ref, cand)
     st.markdown(report.to_markdown())
     st.download_button("Download HTML", report.to_html(), file_name=f"parity-{cand}.html", mime="text/html")
