@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from storage import VOLATILE_ENGINE_FLAGS, Store
+from storage import VOLATILE_ENGINE_FLAGS, Store, flatten_flags
 
 # Engine columns that describe the process, not the engine's settings.
 _NOT_FLAGS = {"ts", "step_first", "source", "rank", "worker", "flags", "fingerprint", "run_id"}
@@ -53,7 +53,7 @@ def engine_flags(row: dict[str, Any]) -> dict[str, Any]:
         extra = json.loads(row.get("flags") or "{}")
     except ValueError:
         extra = {}
-    for key, value in _flatten(extra).items():
+    for key, value in flatten_flags(extra).items():
         if isinstance(value, str | int | float | bool) and key not in flags:
             flags[f"flags.{key}"] = value
     return {k: v for k, v in flags.items() if not VOLATILE_ENGINE_FLAGS.search(k)}
@@ -185,12 +185,3 @@ def _flag_priority(key: str) -> tuple[int, str]:
 
 def _label(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}

@@ -14,7 +14,7 @@ from storage._queries import (
     metric_series,
     metrics_after,
 )
-from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS
+from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS, flatten_flags
 from storage._store import QueryError, Store, connect
 from storage._writer import Writer, WriterStats
 
@@ -35,6 +35,7 @@ __all__ = [
     "compact",
     "connect",
     "engines",
+    "flatten_flags",
     "list_runs",
     "metric_names",
     "metric_series",

@@ -146,6 +146,18 @@ VOLATILE_ENGINE_FLAGS = re.compile(
     re.IGNORECASE,
 )
 
+
+def flatten_flags(value: object, prefix: str = "") -> dict[str, object]:
+    """Nested engine flags as ``{"model_config.dtype": ...}``: the keys fingerprints, flag diffs
+    and ``VOLATILE_ENGINE_FLAGS`` speak in."""
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            out.update(flatten_flags(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR",
     pa.int64(): "BIGINT",

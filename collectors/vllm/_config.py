@@ -18,7 +18,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from storage import VOLATILE_ENGINE_FLAGS
+from storage import VOLATILE_ENGINE_FLAGS, flatten_flags
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
 def fingerprint(flags: dict[str, Any]) -> str:
     """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths
     (``storage.VOLATILE_ENGINE_FLAGS``)."""
-    stable = {k: v for k, v in _flatten(flags).items() if not VOLATILE_ENGINE_FLAGS.search(k)}
+    stable = {k: v for k, v in flatten_flags(flags).items() if not VOLATILE_ENGINE_FLAGS.search(k)}
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -181,15 +181,6 @@ def to_plain(value: Any, depth: int = 0) -> Any:
         except Exception:
             pass
     return _repr(value)
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def _get(obj: Any, path: str) -> Any:
