@@ -298,30 +298,8 @@ class AlertEngine:
     def _step(self, run_id: str, step: int, rule: Rule, value: float) -> Alert | None:
         key = (run_id, rule.name)
         side = f"above {rule.above:g}" if rule.above is not None else f"below {rule.below:g}"
-        if rule.violated(value):
-            self._streak[key] = self._streak.get(key, 0) + 1
-            if (
-                not self._firing.get(key)
-                and self._streak[key] >= rule.for_steps
-                and self._clock() >= self._quiet_until.get(key, 0.0)
-            ):
-                self._firing[key] = True
-                return Alert(
-                    run_id,
-                    step,
-                    rule.name,
-                    rule.metric,
-                    rule.severity,
-                    value,
-                    rule.threshold,
-                    "firing",
-                    f"{rule.metric} = {value:.4g}, {side} for {self._streak[key]} steps",
-                )
-            return None
-        self._streak[key] = 0
-        if self._firing.get(key):
-            self._firing[key] = False
-            self._quiet_until[key] = self._clock() + rule.cooldown_s
+
+        def alert(state: str, message: str) -> Alert:
             return Alert(
                 run_id,
                 step,
@@ -330,12 +308,26 @@ class AlertEngine:
                 rule.severity,
                 value,
                 rule.threshold,
-                "resolved",
-                f"{rule.metric} = {value:.4g}, back "
-                + (
-                    f"at or below {rule.above:g}" if rule.above is not None else f"at or above {rule.below:g}"
-                ),
+                state,
+                f"{rule.metric} = {value:.4g}, {message}",
             )
+
+        if rule.violated(value):
+            self._streak[key] = self._streak.get(key, 0) + 1
+            if (
+                not self._firing.get(key)
+                and self._streak[key] >= rule.for_steps
+                and self._clock() >= self._quiet_until.get(key, 0.0)
+            ):
+                self._firing[key] = True
+                return alert("firing", f"{side} for {self._streak[key]} steps")
+            return None
+        self._streak[key] = 0
+        if self._firing.get(key):
+            self._firing[key] = False
+            self._quiet_until[key] = self._clock() + rule.cooldown_s
+            back = f"at or below {rule.above:g}" if rule.above is not None else f"at or above {rule.below:g}"
+            return alert("resolved", f"back {back}")
         return None
 
     def _notify(self, rule: Rule, alert: Alert) -> None:

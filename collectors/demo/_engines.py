@@ -131,7 +131,7 @@ class TorchSampler:
         )
 
     def set_step(self, step: int) -> None:
-        pass  # events are drained by the loop, which knows the step
+        """Nothing to do: the loop drains this engine's events and stamps them with the step."""
 
     def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
         events, self._events = self._events, []
