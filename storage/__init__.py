@@ -5,14 +5,19 @@ Layout: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet`` (Hive parti
 
 from storage._compact import CompactReport, compact
 from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
+from storage._live import LiveSeries
 from storage._queries import (
     DEFAULT_MAX_POINTS,
     X_AXES,
+    alerts,
     engines,
+    events,
+    histogram_matrix,
     list_runs,
     metric_names,
     metric_series,
     metrics_after,
+    worst_tokens,
 )
 from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS, flatten_flags
 from storage._store import QueryError, Store, connect
@@ -27,18 +32,23 @@ __all__ = [
     "VOLATILE_ENGINE_FLAGS",
     "X_AXES",
     "CompactReport",
+    "LiveSeries",
     "QueryError",
     "Store",
     "Writer",
     "WriterStats",
+    "alerts",
     "check_name",
     "compact",
     "connect",
     "engines",
+    "events",
     "flatten_flags",
+    "histogram_matrix",
     "list_runs",
     "metric_names",
     "metric_series",
     "metrics_after",
     "resolve_root",
+    "worst_tokens",
 ]

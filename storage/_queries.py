@@ -75,46 +75,58 @@ def metric_series(
 ) -> pa.Table:
     """Each (run, metric) series reduced to at most ``max_points`` buckets over ``x``.
 
-    A series with no more points than that comes back unreduced (one bucket per x value; several
-    rows at one x, e.g. from several ranks, share a bucket). Columns: run_id, name, x (the x of the
-    bucket's last point), x_first, x_last, min, max, last, mean, count.
+    Buckets are equal slices of the run's x range (shared by all of its metrics, so charts of one
+    run line up); a series coarser than the buckets comes back unreduced, one bucket per x value
+    (several rows at one x, e.g. from several ranks, share it). Columns: run_id, name, x (the x of
+    the bucket's last point), x_first, x_last, min, max, last, mean, count.
+
+    The range is asked first and inlined, one run at a time: a join against a per-series span
+    table made the 1M-point group-by 3x slower (bench/chart_path.py measures this path).
     """
     if x not in X_AXES:
         raise ValueError(f"unknown x axis {x!r}; choose one of {', '.join(X_AXES)}")
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
-    if not run_ids or not names:
+    parts = [
+        _run_series(store, run_id, list(names), X_AXES[x], max_points, x_min, x_max)
+        for run_id in dict.fromkeys(run_ids)
+        if names
+    ]
+    return pa.concat_tables(parts) if parts else store.sql(_EMPTY_SERIES)
+
+
+def _run_series(
+    store: Store,
+    run_id: str,
+    names: list[str],
+    x_expr: str,
+    n: int,
+    x_min: float | None,
+    x_max: float | None,
+) -> pa.Table:
+    bounds, params = "", [run_id, names]
+    for op, bound in ((">=", x_min), ("<=", x_max)):
+        if bound is not None:
+            bounds += f" AND CAST({x_expr} AS DOUBLE) {op} ?"
+            params.append(float(bound))
+    source = (
+        f"SELECT name, CAST({x_expr} AS DOUBLE) AS x, value, ts FROM metrics "
+        f"WHERE run_id = ? AND name IN (SELECT unnest(?)) AND {x_expr} IS NOT NULL{bounds}"
+    )
+    lo, hi = store.sql(f"SELECT min(x) AS lo, max(x) AS hi FROM ({source})", params).to_pylist()[0].values()
+    if lo is None:
         return store.sql(_EMPTY_SERIES)
-    x_expr = X_AXES[x]
-    bounds = ""
-    params: list = [list(run_ids), list(names)]
-    if x_min is not None:
-        bounds += " AND x >= ?"
-        params.append(float(x_min))
-    if x_max is not None:
-        bounds += " AND x <= ?"
-        params.append(float(x_max))
-    params.append(max_points)
+    width = (hi - lo) / n if hi > lo else 1.0
     return store.sql(
         f"""
-        WITH s AS (
-            SELECT run_id, name, CAST({x_expr} AS DOUBLE) AS x, value, step, ts
-            FROM metrics WHERE run_id IN (SELECT unnest(?)) AND name IN (SELECT unnest(?))),
-        f AS (SELECT * FROM s WHERE x IS NOT NULL {bounds}),
-        span AS (SELECT run_id, name, min(x) AS lo, max(x) AS hi, count(DISTINCT x) AS nx
-                 FROM f GROUP BY run_id, name),
-        n AS (SELECT ? AS n)
-        SELECT f.run_id, f.name,
-               max(f.x) AS x, min(f.x) AS x_first, max(f.x) AS x_last,
-               min(value) AS min, max(value) AS max, arg_max(value, (f.x, f.ts)) AS last,
+        SELECT CAST(? AS VARCHAR) AS run_id, name, max(x) AS x, min(x) AS x_first, max(x) AS x_last,
+               min(value) AS min, max(value) AS max, arg_max(value, (x, ts)) AS last,
                avg(value) AS mean, count(*) AS count
-        FROM f JOIN span USING (run_id, name), n
-        GROUP BY f.run_id, f.name,
-                 CASE WHEN span.nx <= n.n THEN f.x
-                      ELSE least(floor((f.x - span.lo) * n.n / (span.hi - span.lo)), n.n - 1) END
-        ORDER BY f.run_id, f.name, x
+        FROM ({source})
+        GROUP BY name, least(floor((x - ?) / ?), ? - 1)
+        ORDER BY name, x
         """,
-        params,
+        [run_id, *params, lo, width, n],
     )
 
 
@@ -154,3 +166,46 @@ def _run_filter(run_ids: Sequence[str] | None) -> tuple[str, list]:
     if run_ids is None:
         return "", []
     return "WHERE run_id IN (SELECT unnest(?))", [list(run_ids)]
+
+
+def events(store: Store, run_ids: Sequence[str], kinds: Sequence[str] | None = None) -> pa.Table:
+    """Events of these runs (optionally only some kinds), oldest first: chart markers and timelines."""
+    params: list = [list(run_ids)]
+    kind_filter = ""
+    if kinds is not None:
+        kind_filter = " AND kind IN (SELECT unnest(?))"
+        params.append(list(kinds))
+    return store.sql(
+        "SELECT run_id, step, ts, source, kind, payload FROM events "
+        f"WHERE run_id IN (SELECT unnest(?)){kind_filter} ORDER BY ts, run_id",
+        params,
+    )
+
+
+def alerts(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
+    """Alert transitions (firing and resolved) recorded in the store, newest first."""
+    where, params = _run_filter(run_ids)
+    return store.sql(
+        "SELECT ts, run_id, step, rule, metric, severity, state, value, threshold, message "
+        f"FROM alerts {where} ORDER BY ts DESC, run_id",
+        params,
+    )
+
+
+def histogram_matrix(store: Store, run_id: str, name: str = "log_ratio") -> pa.Table:
+    """One run's histogram counts per (step, bin), summed over ranks: the tokens heatmap's data."""
+    return store.sql(
+        "SELECT step, bin, min(lo) AS lo, max(hi) AS hi, sum(count) AS count FROM histograms "
+        "WHERE run_id = ? AND name = ? GROUP BY step, bin ORDER BY step, bin",
+        [run_id, name],
+    )
+
+
+def worst_tokens(store: Store, run_id: str, step: int | None = None, limit: int = 50) -> pa.Table:
+    """The tokens with the largest |trainer - rollout| log-ratio (of one step, or of the whole run)."""
+    return store.sql(
+        "SELECT step, seq_index, position, token_id, token_text, trainer_logprob, rollout_logprob, "
+        "log_ratio FROM tokens WHERE run_id = ? AND (? IS NULL OR step = ?) "
+        "ORDER BY abs(log_ratio) DESC NULLS FIRST, step, seq_index, position LIMIT ?",
+        [run_id, step, step, int(limit)],
+    )

@@ -66,12 +66,7 @@ class Store:
             self._view_files[table] = paths
             empty = f"{INTERNAL_SCHEMA}.empty_{table}"
             if paths:
-                listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-                body = (
-                    f"SELECT * FROM read_parquet([{listing}], hive_partitioning = true, "
-                    f"union_by_name = true, hive_types = {{'run_id': VARCHAR}}) "
-                    f"UNION ALL BY NAME SELECT * FROM {empty}"
-                )
+                body = f"SELECT * FROM {self.source(paths)} UNION ALL BY NAME SELECT * FROM {empty}"
             else:
                 body = f"SELECT * FROM {empty}"
             self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
@@ -87,6 +82,19 @@ class Store:
                     [(str(p), r) for p, r in sorted(self.bad_files.items())],
                 )
         return changed
+
+    def files(self, table: str) -> list[str]:
+        """The files the ``table`` view reads now (as of the last ``refresh()``)."""
+        return list(self._view_files.get(table) or [])
+
+    @staticmethod
+    def source(paths: list[str]) -> str:
+        """A ``read_parquet`` over exactly these files, for queries over part of a table (new files)."""
+        listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+        return (
+            f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true, "
+            "hive_types = {'run_id': VARCHAR})"
+        )
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Run ``query`` and return the result as a pyarrow Table."""
