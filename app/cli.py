@@ -270,7 +270,8 @@ def parity(
 @root_option
 @click.option("--port", default=8501, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to share it).")
-def ui(root: str, port: int, host: str) -> None:
+@click.option("--rules", type=click.Path(dir_okay=False), default=None, help="Alert rules TOML to draw.")
+def ui(root: str, port: int, host: str, rules: str | None) -> None:
     """Open the dashboard over the store (Streamlit; Ctrl-C to stop)."""
     script = Path(__file__).with_name("dashboard.py")
     command = [
@@ -290,6 +291,7 @@ def ui(root: str, port: int, host: str) -> None:
         "--",
         "--root",
         root,
+        *(["--rules", rules] if rules else []),
     ]
     Console(stderr=True).print(f"logprobe dashboard on http://{host}:{port} over {root}")
     os.execv(sys.executable, command)

@@ -22,6 +22,7 @@ from monitor._flags import (
 from monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
 from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
 from monitor._scan import Attribution, attribute, detect, detect_run
+from monitor._smoothing import ema
 from monitor._watch import AlertWatcher
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "default_rules",
     "detect",
     "detect_run",
+    "ema",
     "ewma_residuals",
     "flag_diff",
     "flag_effects",

@@ -195,7 +195,7 @@ def alerts(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
 def histogram_matrix(store: Store, run_id: str, name: str = "log_ratio") -> pa.Table:
     """One run's histogram counts per (step, bin), summed over ranks: the tokens heatmap's data."""
     return store.sql(
-        "SELECT step, bin, min(lo) AS lo, max(hi) AS hi, sum(count) AS count FROM histograms "
+        "SELECT step, bin, min(lo) AS lo, max(hi) AS hi, CAST(sum(count) AS BIGINT) AS count FROM histograms "
         "WHERE run_id = ? AND name = ? GROUP BY step, bin ORDER BY step, bin",
         [run_id, name],
     )

@@ -12,6 +12,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The torch-engine demo's seven runs (about 2 minutes), trained once for every test that reads them."""
+    from collectors.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    run_demo(root, engine="torch")  # all seven scenarios, default steps
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing a test does may land in the developer's ./logprobe-data.

@@ -8,10 +8,11 @@ prefix-cache-no-reset, inflight-update and flag-change ~0.1. The asserted margin
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from collectors.demo import SCENARIOS, run_demo
+from collectors.demo import SCENARIOS
 from storage import Store
 
 pytestmark = pytest.mark.slow
@@ -19,10 +20,8 @@ BROKEN = ("raw-logprobs", "prefix-cache-no-reset", "inflight-update", "bf16-lm-h
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    root = tmp_path_factory.mktemp("demo")
-    run_demo(root, engine="torch")  # all seven scenarios, default steps
-    return Store(root)
+def store(demo_root: Path) -> Store:
+    return Store(demo_root)
 
 
 def _means(store: Store, metric: str) -> dict[str, float]:

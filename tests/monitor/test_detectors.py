@@ -110,3 +110,19 @@ def test_delay_and_false_alarms_on_known_change_points(seed: int) -> None:
     assert monitor.detect("r", "mismatch/k3", np.arange(200), control) == []
     trending = np.linspace(1.0, 0.2, 200) + rng.normal(0, 0.003, 200)
     assert monitor.detect("r", "train/entropy", np.arange(200), trending) == []
+
+
+def test_ema_is_weighted_by_the_x_gap_not_the_point_count() -> None:
+    from monitor import ema
+
+    # A step from 0 to 1: after one half-life the curve is halfway, however densely it was logged.
+    dense_x = np.arange(0, 11, dtype=float)
+    dense = ema(dense_x, np.r_[0.0, np.ones(10)], half_life=10)
+    sparse = ema(np.array([0.0, 10.0]), np.array([0.0, 1.0]), half_life=10)
+    assert sparse[-1] == pytest.approx(0.5)
+    assert dense[-1] == pytest.approx(0.5, abs=1e-12)
+    held = ema(np.arange(4.0), np.array([1.0, np.nan, np.inf, 1.0]), half_life=2)
+    assert np.all(held == 1.0)
+    assert np.array_equal(ema(dense_x, dense_x, 0), dense_x)
+    with pytest.raises(ValueError, match="half_life"):
+        ema(dense_x, dense_x, -1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import monitor
-from collectors.demo import run_demo
+from collectors.demo import DEFAULT_STEPS
 from storage import Store
 
 pytestmark = pytest.mark.slow
@@ -23,11 +23,12 @@ FAILURES = {  # scenario -> the flag that defines it
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 
 
+HALF = DEFAULT_STEPS // 2  # where flag-change restarts its engine
+
+
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("demo")
-    run_demo(path, engine="torch", steps=16)
-    return path
+def root(demo_root: Path) -> Path:
+    return demo_root
 
 
 def test_parity_passes_all_fixed_and_fails_every_failure_mode(root: Path) -> None:
@@ -42,7 +43,7 @@ def test_parity_passes_all_fixed_and_fails_every_failure_mode(root: Path) -> Non
         markdown = report.to_markdown()
         assert f"first divergence at step {report.first_divergence}" in markdown and flag in markdown
     flag_change = monitor.parity(store, "demo-torch-reference", "demo-torch-flag-change")
-    assert 8 <= flag_change.first_divergence <= 10  # the restart is at step 8 of 16
+    assert HALF <= flag_change.first_divergence <= HALF + 2  # the engine restarts at HALF
     assert "<table>" in flag_change.to_html()
 
 
@@ -53,8 +54,8 @@ def test_flag_change_is_found_and_attributed_to_logprobs_mode(root: Path) -> Non
     attributed = [a for a in monitor.attribute(store, run, findings) if a.change is not None]
     assert attributed, findings
     change = attributed[0].change
-    assert change.step == 8 and [k for k, _, _ in change.diff] == ["logprobs_mode"]
-    assert abs(attributed[0].finding.step_first - 8) <= 2
+    assert change.step == HALF and [k for k, _, _ in change.diff] == ["logprobs_mode"]
+    assert abs(attributed[0].finding.step_first - HALF) <= 2
     assert "logprobs_mode: processed_logprobs -> raw_logprobs" in attributed[0].message
 
 

@@ -1,0 +1,173 @@
+"""Plotly figures for the pages: layout only, from tables ``storage`` and ``monitor`` computed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import pyarrow as pa
+
+import monitor
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+MARKER_KINDS = {"weight_update": "dot", "config_change": "dash", "stale_prefix_cache": "dashdot"}
+
+
+def metric_figure(
+    metric: str,
+    series: pa.Table,
+    *,
+    x: str,
+    half_life: float = 0.0,
+    log_y: bool = False,
+    findings: list[monitor.Finding] = (),
+    events: list[dict[str, Any]] = (),
+    rules: list[monitor.Rule] = (),
+    x_range: tuple[float, float] | None = None,
+) -> go.Figure:
+    """One metric across runs: a min/max band (spikes survive downsampling), the line, and context.
+
+    Findings are shaded, events are vertical markers and alert rules horizontal lines, so a person
+    sees what the monitor saw on the same axes as the data.
+    """
+    fig = go.Figure()
+    rows = series.to_pydict()
+    run_ids = list(dict.fromkeys(rows["run_id"]))
+    for i, run_id in enumerate(run_ids):
+        idx = [j for j, r in enumerate(rows["run_id"]) if r == run_id]
+        xs = [rows["x"][j] for j in idx]
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=xs + xs[::-1],
+                y=[rows["max"][j] for j in idx] + [rows["min"][j] for j in idx][::-1],
+                fill="toself",
+                fillcolor=color,
+                opacity=0.15,
+                line={"width": 0},
+                showlegend=False,
+                hoverinfo="skip",
+                name=f"{run_id} min/max",
+            )
+        )
+        last = [rows["last"][j] for j in idx]
+        smoothed = half_life > 0
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=last,
+                mode="lines",
+                name=run_id if not smoothed else f"{run_id} (raw)",
+                line={"color": color, "width": 1},
+                opacity=0.35 if smoothed else 1.0,
+                legendgroup=run_id,
+                showlegend=not smoothed,
+            )
+        )
+        if smoothed:
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=monitor.ema(np.asarray(xs), np.asarray(last, dtype=float), half_life),
+                    mode="lines",
+                    name=run_id,
+                    line={"color": color, "width": 2},
+                    legendgroup=run_id,
+                )
+            )
+    if x == "step":
+        for f in findings:
+            if f.metric != metric or f.run_id not in run_ids:
+                continue
+            fig.add_vrect(
+                x0=f.step_first - 0.5,
+                x1=f.step_last + 0.5,
+                fillcolor="#d62728" if f.severity != "warn" else "#ff7f0e",
+                opacity=0.12,
+                line_width=0,
+                annotation_text=f"{f.detector} ({f.run_id})",
+                annotation_position="top left",
+            )
+    for event in events:
+        at = event.get("step") if x == "step" else event.get("epoch") if x == "time" else None
+        if at is None or event["run_id"] not in run_ids:
+            continue
+        fig.add_vline(x=at, line_dash=MARKER_KINDS.get(event["kind"], "dot"), line_color="#555", opacity=0.6)
+    for rule in rules:
+        if rule.metric != metric:
+            continue
+        for level in (rule.above, rule.below):
+            if level is None or (log_y and level <= 0):
+                continue
+            fig.add_hline(
+                y=level,
+                line_dash="dot",
+                line_color="#d62728" if rule.severity != "warn" else "#ff7f0e",
+                annotation_text=f"{rule.name}",
+                annotation_position="bottom right",
+            )
+    fig.update_layout(
+        title=metric,
+        height=330,
+        margin={"t": 40, "b": 20, "l": 10, "r": 10},
+        xaxis_title={"time": "wall time (unix s)"}.get(x, x),
+        yaxis_type="log" if log_y else "linear",
+        legend={"orientation": "h"},
+    )
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
+    return fig
+
+
+def histogram_heatmap(matrix: pa.Table) -> go.Figure:
+    """Log-ratio histogram per step: one column per step, one row per bin, log-scaled counts."""
+    d = matrix.to_pydict()
+    steps = sorted(set(d["step"]))
+    bins = sorted(set(d["bin"]))
+    col = {s: i for i, s in enumerate(steps)}
+    row = {b: i for i, b in enumerate(bins)}
+    z = np.zeros((len(bins), len(steps)))
+    labels = {}
+    for step, b, lo, hi, count in zip(d["step"], d["bin"], d["lo"], d["hi"], d["count"], strict=True):
+        z[row[b], col[step]] += count
+        labels[b] = f"[{_edge(lo)}, {_edge(hi)})"
+    fig = go.Figure(
+        go.Heatmap(
+            x=steps,
+            y=[labels[b] for b in bins],
+            z=np.log10(1 + z),
+            colorscale="Viridis",
+            colorbar={"title": "log10(1+tokens)"},
+            hovertemplate="step %{x}<br>log ratio %{y}<br>log10(1+n) %{z:.2f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=420,
+        margin={"t": 30, "b": 20},
+        xaxis_title="step",
+        yaxis_title="trainer - rollout logprob",
+    )
+    return fig
+
+
+def flag_strip(effect: monitor.FlagEffect, metric: str) -> go.Figure:
+    """The metric's segment means per value of one flag: a box with every segment drawn."""
+    fig = go.Figure()
+    for value, points in effect.groups.items():
+        fig.add_trace(go.Box(y=points, name=str(value), boxpoints="all", jitter=0.4, pointpos=0))
+    fig.update_layout(
+        title=f"{metric} by {effect.flag}",
+        height=360,
+        margin={"t": 40, "b": 20},
+        yaxis_title=f"{metric} (segment mean)",
+        showlegend=False,
+    )
+    return fig
+
+
+def _edge(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "-inf" if v is not None and v < 0 else "inf"
+    return f"{v:.0e}" if v != 0 and abs(v) < 1e-2 else f"{v:g}"

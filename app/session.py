@@ -1,0 +1,70 @@
+"""What every page gets: the store, the runs in view, the selected runs, the alert rules.
+
+Per browser session state lives here (DuckDB connections are not shared across threads); page
+modules only lay out what ``storage`` and ``monitor`` return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+import monitor
+import storage
+
+STATUSES = ("live", "finished", "stale")
+
+
+@dataclass
+class Context:
+    root: str
+    store: storage.Store
+    runs: list[dict[str, Any]]  # after the sidebar's status filter and search
+    selected: list[str]  # the runs picked for comparison
+    rules: list[monitor.Rule]
+    rules_source: str  # where the rules came from (a file, or the shipped defaults)
+    pages: dict[str, Any] = field(default_factory=dict)  # name -> st.Page, for links between pages
+
+
+def store(root: str, *, confined: bool = False) -> storage.Store:
+    """This session's Store, refreshed to the files on disk now."""
+    key = f"store-{confined}"
+    if key not in st.session_state:
+        st.session_state[key] = storage.Store(root, confined=confined)
+    current = st.session_state[key]
+    current.refresh()
+    return current
+
+
+def findings(db: storage.Store, run_id: str) -> list[monitor.Finding]:
+    """The monitor's findings for one run, recomputed only when the run's metric files changed."""
+    files = tuple(p for p in db.files("metrics") if Path(p).parent.name == f"run_id={run_id}")
+    cache = st.session_state.setdefault("findings", {})
+    hit = cache.get(run_id)
+    if hit is None or hit[0] != files:
+        hit = (files, monitor.detect_run(db, run_id))
+        cache[run_id] = hit
+    return hit[1]
+
+
+def live_series(run_ids: list[str], metric: str, x: str, max_points: int) -> storage.LiveSeries:
+    """One LiveSeries per chart, kept across reruns so a refresh reads only new files."""
+    key = ("live", tuple(run_ids), metric, x, max_points)
+    if key not in st.session_state:
+        st.session_state[key] = storage.LiveSeries(run_ids, [metric], x=x, max_points=max_points)
+    return st.session_state[key]
+
+
+def chart_link(run_id: str, metric: str, step_first: int | None, step_last: int | None) -> str:
+    """A relative URL that opens the Metrics page on ``metric`` around these steps."""
+    from urllib.parse import urlencode
+
+    params: dict[str, Any] = {"runs": run_id, "metric": metric}
+    if step_first is not None:
+        last = step_first if step_last is None else step_last
+        pad = max(5, (last - step_first) // 2)
+        params |= {"x0": step_first - pad, "x1": last + pad}
+    return "metrics?" + urlencode(params)

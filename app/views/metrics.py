@@ -1,0 +1,70 @@
+"""Live metrics: every selected run overlaid per metric, refreshed from new files only."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import storage
+from app import charts
+from app.session import Context, findings, live_series
+
+DEFAULT_METRICS = ("mismatch/k3", "mismatch/abs_logp_diff_mean", "reward/mean", "train/clip_frac")
+MARKED_EVENTS = ("weight_update", "config_change", "stale_prefix_cache")
+MAX_POINTS = 600
+REFRESH_S = 3
+
+
+def render(ctx: Context) -> None:
+    st.header("Metrics")
+    if not ctx.selected:
+        st.info("Select runs in the sidebar.")
+        return
+    names = storage.metric_names(ctx.store, ctx.selected)
+    if not names:
+        st.info("The selected runs have logged no metrics yet.")
+        return
+    asked = st.query_params.get("metric")
+    default = [asked] if asked in names else []
+    default += [m for m in DEFAULT_METRICS if m in names and m not in default] or names[:4]
+    chosen = st.multiselect("Metrics", names, default=default)
+    cols = st.columns([2, 2, 1, 1, 1])
+    x = cols[0].radio("x axis", list(storage.X_AXES), horizontal=True)
+    half_life = cols[1].slider("smoothing half-life (x units)", 0.0, 100.0, 0.0, step=0.5)
+    log_y = cols[2].checkbox("log y", help="mismatch metrics span decades")
+    shade = cols[3].checkbox("findings", value=True, help="Shade the monitor's findings (step axis)")
+    live_default = any(r["status"] == "live" for r in ctx.runs if r["run_id"] in ctx.selected)
+    live = cols[4].toggle(f"live ({REFRESH_S} s)", value=live_default)
+    x_range = None
+    if x == "step" and "x0" in st.query_params and "x1" in st.query_params:
+        x_range = (float(st.query_params["x0"]), float(st.query_params["x1"]))
+
+    @st.fragment(run_every=REFRESH_S if live else None)
+    def charts_fragment() -> None:
+        # Only this part reruns while live; each chart reads just the files written since last time.
+        events = []
+        for e in storage.events(ctx.store, ctx.selected, MARKED_EVENTS).to_pylist():
+            events.append({**e, "epoch": e["ts"].timestamp() if e["ts"] else None})
+        found = [f for run in ctx.selected for f in findings(ctx.store, run)] if shade else []
+        for metric in chosen:
+            live = live_series(ctx.selected, metric, x, MAX_POINTS)
+            live.update(ctx.store)
+            fig = charts.metric_figure(
+                metric,
+                live.table(),
+                x=x,
+                half_life=half_life,
+                log_y=log_y,
+                findings=found,
+                events=events,
+                rules=ctx.rules,
+                x_range=x_range if metric == asked else None,
+            )
+            st.plotly_chart(fig, key=f"chart-{metric}")
+        last = {r["run_id"]: r["last_step"] for r in storage.list_runs(ctx.store).to_pylist()}
+        st.caption(
+            "last step: "
+            + ", ".join(f"{run} {last.get(run)}" for run in ctx.selected)
+            + " · markers: weight update (dotted), config change (dashed), stale prefix cache (dash-dot)"
+        )
+
+    charts_fragment()

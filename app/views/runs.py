@@ -1,0 +1,61 @@
+"""Runs overview: every run in view with status, health, engine and key flags."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import streamlit as st
+
+import monitor
+import storage
+from app.session import Context, findings
+
+HEALTH = {None: "ok", "warn": "warn", "bad": "bad", "error": "bad"}
+KEY_FLAGS = ("logprobs_mode", "enable_prefix_caching", "async_scheduling", "lm_head_dtype")
+
+
+def render(ctx: Context) -> None:
+    st.header("Runs")
+    if not ctx.runs:
+        st.info("No run matches the filter in the sidebar.")
+        return
+    latest_engine: dict[str, dict] = {}
+    for engine in storage.engines(ctx.store, [r["run_id"] for r in ctx.runs]).to_pylist():
+        latest_engine[engine["run_id"]] = engine  # oldest first, so the last one wins
+    rows = []
+    for run in ctx.runs:
+        found = [f for f in findings(ctx.store, run["run_id"]) if f.detector in ("threshold", "nonfinite")]
+        worst = max((f.severity for f in found), key=monitor.SEVERITIES.index, default=None)
+        engine = latest_engine.get(run["run_id"], {})
+        rows.append(
+            {
+                "run_id": run["run_id"],
+                "name": run["name"],
+                "status": run["status"],
+                "health": HEALTH[worst],
+                "why": "; ".join(dict.fromkeys(f.message for f in found))[:300],
+                "last_step": run["last_step"],
+                "age_s": None if run["age_s"] is None else round(run["age_s"], 1),
+                "points": run["points"],
+                "engine": " ".join(filter(None, [engine.get("engine"), engine.get("vllm_version")])),
+                **{flag: _text(engine.get(flag)) for flag in KEY_FLAGS},
+                "selected": run["run_id"] in ctx.selected,
+            }
+        )
+    st.dataframe(
+        pa.Table.from_pylist(rows),
+        hide_index=True,
+        column_config={
+            "health": st.column_config.TextColumn("health", help="From the monitor's thresholds; see 'why'"),
+            "why": st.column_config.TextColumn("why", width="large"),
+            "age_s": st.column_config.NumberColumn("age (s)", help="Seconds since the last write"),
+            "selected": st.column_config.CheckboxColumn("compared", help="Pick runs in the sidebar"),
+        },
+    )
+    counts = {s: sum(r["status"] == s for r in ctx.runs) for s in ("live", "finished", "stale")}
+    st.caption(" · ".join(f"{n} {s}" for s, n in counts.items()))
+    if bad := ctx.store.bad_files:
+        st.warning("Skipped unreadable files: " + "; ".join(f"{p} ({why})" for p, why in bad.items()))
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,45 @@
+"""Tokens: where in the distribution the log-ratio mass sits, step by step, and the worst tokens."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import storage
+from app import charts
+from app.session import Context
+
+
+def render(ctx: Context) -> None:
+    st.header("Tokens")
+    if not ctx.selected:
+        st.info("Select runs in the sidebar.")
+        return
+    run_id = st.selectbox("Run", ctx.selected)
+    matrix = storage.histogram_matrix(ctx.store, run_id)
+    if matrix.num_rows:
+        st.plotly_chart(charts.histogram_heatmap(matrix), key="heatmap")
+    else:
+        st.info(f"{run_id} logged no log-ratio histograms (Run.log_mismatch writes them).")
+    steps = (
+        ctx.store.sql(
+            "SELECT DISTINCT step FROM tokens WHERE run_id = ? AND step IS NOT NULL ORDER BY step", [run_id]
+        )
+        .column("step")
+        .to_pylist()
+    )
+    if not steps:
+        st.info(f"{run_id} logged no per-token rows.")
+        return
+    choice = st.select_slider("Step", options=["all", *steps], value=steps[-1])
+    worst = storage.worst_tokens(ctx.store, run_id, None if choice == "all" else int(choice), limit=100)
+    st.subheader("Worst tokens by |trainer - rollout| log-ratio")
+    st.dataframe(
+        worst,
+        hide_index=True,
+        column_config={
+            "token_text": st.column_config.TextColumn("token"),
+            "trainer_logprob": st.column_config.NumberColumn("trainer logprob", format="%.6f"),
+            "rollout_logprob": st.column_config.NumberColumn("rollout logprob", format="%.6f"),
+            "log_ratio": st.column_config.NumberColumn("log ratio", format="%.3e"),
+        },
+    )
