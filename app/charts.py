@@ -12,7 +12,10 @@ import pyarrow as pa
 import monitor
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-MARKER_KINDS = {"weight_update": "dot", "config_change": "dash", "stale_prefix_cache": "dashdot"}
+SEVERITY_COLORS = {"warn": "#ff7f0e", "bad": "#d62728", "error": "#d62728"}
+# Events that can happen every step are drawn as short ticks along the bottom (color, row);
+# anything else (config changes) as a full-height dashed line.
+TICK_KINDS = {"weight_update": ("#555", 0), "stale_prefix_cache": ("#d62728", 1)}
 
 
 def metric_figure(
@@ -78,23 +81,28 @@ def metric_figure(
                 )
             )
     if x == "step":
-        for f in findings:
-            if f.metric != metric or f.run_id not in run_ids:
-                continue
-            fig.add_vrect(
-                x0=f.step_first - 0.5,
-                x1=f.step_last + 0.5,
-                fillcolor="#d62728" if f.severity != "warn" else "#ff7f0e",
-                opacity=0.12,
-                line_width=0,
-                annotation_text=f"{f.detector} ({f.run_id})",
-                annotation_position="top left",
-            )
+        _shade_findings(fig, [f for f in findings if f.metric == metric and f.run_id in run_ids], run_ids)
+    ticks: dict[str, set[float]] = {}
     for event in events:
         at = event.get("step") if x == "step" else event.get("epoch") if x == "time" else None
         if at is None or event["run_id"] not in run_ids:
             continue
-        fig.add_vline(x=at, line_dash=MARKER_KINDS.get(event["kind"], "dot"), line_color="#555", opacity=0.6)
+        if event["kind"] in TICK_KINDS:
+            ticks.setdefault(event["kind"], set()).add(at)  # often every step: short ticks, not lines
+        else:
+            fig.add_vline(x=at, line_dash="dash", line_color="#555")
+    for kind, points in ticks.items():
+        color, row = TICK_KINDS[kind]
+        for at in sorted(points):
+            fig.add_shape(
+                type="line",
+                x0=at,
+                x1=at,
+                y0=0.05 * row,
+                y1=0.05 * (row + 1),
+                yref="paper",
+                line={"color": color, "width": 1.5},
+            )
     for rule in rules:
         if rule.metric != metric:
             continue
@@ -104,7 +112,7 @@ def metric_figure(
             fig.add_hline(
                 y=level,
                 line_dash="dot",
-                line_color="#d62728" if rule.severity != "warn" else "#ff7f0e",
+                line_color=SEVERITY_COLORS.get(rule.severity, "#d62728"),
                 annotation_text=f"{rule.name}",
                 annotation_position="bottom right",
             )
@@ -119,6 +127,26 @@ def metric_figure(
     if x_range is not None:
         fig.update_xaxes(range=list(x_range))
     return fig
+
+
+def _shade_findings(fig: go.Figure, findings: list[monitor.Finding], run_ids: list[str]) -> None:
+    """Few runs: shade the whole height. Many runs: a thin strip per run along the top, in its color,
+    so seven runs' findings do not paint the chart red."""
+    for f in findings:
+        i = run_ids.index(f.run_id)
+        strip = len(run_ids) > 2
+        fig.add_shape(
+            type="rect",
+            x0=f.step_first - 0.5,
+            x1=f.step_last + 0.5,
+            y0=1 - 0.025 * (i + 1) if strip else 0,
+            y1=1 - 0.025 * i if strip else 1,
+            yref="paper",
+            fillcolor=PALETTE[i % len(PALETTE)] if strip else SEVERITY_COLORS.get(f.severity, "#d62728"),
+            opacity=0.8 if strip else 0.12,
+            line_width=0,
+            label={"text": "" if strip else f"{f.detector}", "textposition": "top left"},
+        )
 
 
 def histogram_heatmap(matrix: pa.Table) -> go.Figure:

@@ -64,7 +64,8 @@ def render(ctx: Context) -> None:
         st.caption(
             "last step: "
             + ", ".join(f"{run} {last.get(run)}" for run in ctx.selected)
-            + " · markers: weight update (dotted), config change (dashed), stale prefix cache (dash-dot)"
+            + " · ticks along the bottom: weight updates (grey), stale prefix cache (red);"
+            " dashed lines: engine config changes; strips or shading: the monitor's findings"
         )
 
     charts_fragment()

@@ -152,6 +152,7 @@ def run_scenario(
         project=PROJECT,
         config=config,
         tags=["demo", engine_kind, scenario.name],
+        alerts=True,  # the shipped rules, evaluated inline: the dashboard's alerts table has rows
     )
     engines = [_make_engine(engine_kind, scenario.engine, policy, model_dir, seed, run)]
     engine = engines[0]

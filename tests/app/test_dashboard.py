@@ -1,7 +1,14 @@
-"""The dashboard in a real headless Chromium against a real ``logprobe ui`` server on 127.0.0.1."""
+"""The dashboard in a real headless Chromium against a real ``logprobe ui`` server on 127.0.0.1.
+
+Every page is opened on the demo's runs and screenshotted (under the test's tmp dir, and into
+``$LOGPROBE_SCREENSHOTS`` when set: ``make screenshots`` regenerates the README's images this way).
+A live test appends rows from another process while the Metrics page is open.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from app.dashboard import PAGES
 from storage import Writer
+from tests.conftest import run_python
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip(
@@ -28,6 +37,17 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+EXCEPTION = "[data-testid='stException']"
+# What must be on each page of the demo (beyond its heading), as CSS selectors or text.
+KEY_ELEMENTS = {
+    "runs": ["[data-testid='stDataFrame']"],
+    "metrics": [".js-plotly-plot"],
+    "drift": ["[data-testid='stDataFrame']", "text=Active rules"],
+    "flags": ["[data-testid='stDataFrame']", ".js-plotly-plot"],
+    "parity": ["text=Verdict:", "text=Download HTML"],
+    "tokens": [".js-plotly-plot", "[data-testid='stDataFrame']"],
+    "sql": ["text=Saved queries", "text=Run query"],
+}
 
 
 def _free_port() -> int:
@@ -36,27 +56,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("store")
-    for run_id, k3 in (("healthy-run", 1e-6), ("broken-run", 0.05)):
-        with Writer(root) as writer:
-            writer.append("runs", run_id, {"name": run_id, "created_at": time.time()})
-            writer.append("events", run_id, {"kind": "run_start"})
-            writer.append(
-                "engines",
-                run_id,
-                {
-                    "engine": "vllm",
-                    "vllm_version": "0.32.0",
-                    "logprobs_mode": "raw_logprobs" if k3 > 1e-3 else "processed_logprobs",
-                    "flags": "{}",
-                    "fingerprint": run_id,
-                },
-            )
-            for step in range(40):
-                writer.log_metrics(run_id, step, {"mismatch/k3": k3, "reward/mean": step / 40})
-            writer.append("events", run_id, {"kind": "run_end"})
+def _serve(root: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("logprobe")), "ui", "--root", str(root), "--port", str(port)],
@@ -70,60 +70,122 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
                 if response.read() == b"ok":
-                    break
+                    return proc, url
         except OSError:
             time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail(f"logprobe ui did not come up: {proc.stdout.read()[-2000:]}")
+    proc.kill()
+    pytest.fail(f"logprobe ui did not come up: {proc.stdout.read()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_root: Path) -> Iterator[str]:
+    proc, url = _serve(demo_root)
     yield url
     proc.terminate()
     proc.wait(10)
 
 
-@pytest.fixture
-def page(server: str, tmp_path: Path) -> Iterator[object]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run installs it)")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
-        yield page
+        yield browser
         browser.close()
 
 
-def test_runs_overview_shows_health(page: object) -> None:
-    grid = page.locator("[data-testid='stDataFrame']").first
-    grid.wait_for(timeout=60_000)
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    yield page
+    page.close()
+
+
+def _screenshot(page: object, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if target := os.environ.get("LOGPROBE_SCREENSHOTS"):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / path.name)
+
+
+@pytest.mark.parametrize("name", list(PAGES))
+def test_every_page_on_the_demo_runs(demo_server: str, page: object, tmp_path: Path, name: str) -> None:
+    page.goto(f"{demo_server}/{'' if name == 'runs' else name}")  # the default page lives at /
+    title = PAGES[name][0]
+    page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
+    for selector in KEY_ELEMENTS[name]:
+        page.locator(selector).first.wait_for(timeout=60_000)
+    if name == "metrics":  # four default metrics, one chart each, drawn one after another
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
+    page.wait_for_timeout(1500)  # let Plotly finish drawing before the screenshot
+    assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
+    assert page.get_by_text("Page not found").count() == 0
+    _screenshot(page, tmp_path, name)
+
+
+def test_runs_overview_shows_health_and_reason(demo_server: str, page: object) -> None:
+    page.goto(demo_server)
     # The grid draws on a canvas; Glide's accessible table behind it holds the cell text.
-    grid_cells = "[data-testid='stDataFrame'] table td, [data-testid='stDataFrame'] [role='gridcell']"
-    cells = page.locator(grid_cells)
-    cells.first.wait_for(state="attached", timeout=30_000)
+    cells = page.locator(
+        "[data-testid='stDataFrame'] table td, [data-testid='stDataFrame'] [role='gridcell']"
+    )
+    cells.first.wait_for(state="attached", timeout=60_000)
     text = " ".join(cells.all_text_contents())
-    assert "broken-run" in text and "healthy-run" in text
-    assert "bad" in text and "ok" in text and "mismatch/k3 above 0.01" in text
+    assert "demo-torch-raw-logprobs" in text and "demo-torch-reference" in text
+    assert "bad" in text and "ok" in text and "above" in text
 
 
-def test_metrics_page_draws_charts(page: object, tmp_path: Path) -> None:
-    page.get_by_text("broken-run").first.wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Metrics").click()
+def test_a_finding_opens_its_chart_region(demo_server: str, page: object) -> None:
+    page.goto(f"{demo_server}/drift")
+    link = page.locator("[data-testid='stPageLink'] a").first
+    link.wait_for(timeout=60_000)
+    link.click()
+    page.get_by_role("heading", name="Metrics").wait_for(timeout=60_000)
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
-    assert page.locator(".js-plotly-plot").count() >= 2  # k3 and reward by default
-    assert page.get_by_text("mismatch/k3").count() >= 1
-    page.screenshot(path=str(tmp_path / "metrics.png"))
+    assert "x0=" in page.url and "metric=" in page.url
+    assert page.locator(EXCEPTION).count() == 0
 
 
-def test_parity_and_sql_console(page: object) -> None:
-    page.get_by_text("broken-run").first.wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Parity").click()
-    page.get_by_text("Verdict:").first.wait_for(timeout=60_000)
-    assert "Verdict: FAIL" in page.content() or "Verdict: PASS" in page.content()
-    page.get_by_role("tab", name="SQL").click()
+def test_sql_console_refuses_escapes(demo_server: str, page: object) -> None:
+    page.goto(f"{demo_server}/sql")
     area = page.get_by_role("textbox", name="SQL")
-    area.fill("SELECT 1; SELECT 2")
-    page.get_by_role("button", name="Run query").click()
-    page.get_by_text("expected exactly one SQL statement").wait_for(timeout=30_000)
-    area.fill("SELECT * FROM read_csv('/etc/passwd')")
-    page.get_by_role("button", name="Run query").click()
-    page.get_by_text("disabled by configuration").first.wait_for(timeout=30_000)
+    area.wait_for(timeout=60_000)
+    for query, message in (
+        ("SELECT 1; SELECT 2", "expected exactly one SQL statement"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "disabled by configuration"),
+        ("ATTACH '/tmp/elsewhere.db'", "only read-only SELECT"),
+    ):
+        area.fill(query)
+        page.get_by_role("button", name="Run query").click()
+        page.get_by_text(message).first.wait_for(timeout=30_000)
+
+
+def test_live_run_updates_without_a_reload(tmp_path: Path, page: object) -> None:
+    root = tmp_path / "live"
+    with Writer(root) as writer:
+        writer.append("runs", "live-run", {"name": "live-run", "created_at": time.time()})
+        writer.append("events", "live-run", {"kind": "run_start"})
+        for step in range(20):
+            writer.log_metrics("live-run", step, {"mismatch/k3": 1e-6, "reward/mean": step / 20})
+    proc, url = _serve(root)
+    try:
+        page.goto(f"{url}/metrics")
+        page.get_by_text("live-run 19").first.wait_for(timeout=60_000)
+        page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        run_python(
+            "import sys, time; from storage import Writer\n"
+            "with Writer(sys.argv[1]) as w:\n"
+            "    for s in range(20, 57):\n"
+            "        w.log_metrics('live-run', s, {'mismatch/k3': 0.2, 'reward/mean': 1.0})\n",
+            str(root),
+        )
+        started = time.monotonic()
+        page.get_by_text("live-run 56").first.wait_for(timeout=15_000)  # no reload: the fragment polls
+        assert time.monotonic() - started < 15
+        assert page.locator(EXCEPTION).count() == 0
+        _screenshot(page, tmp_path, "live")
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -108,6 +108,9 @@ def test_drift_page_lists_findings_newest_first_with_chart_links(demo_root: Path
     assert detected == sorted(detected, reverse=True)
     assert all(link.startswith("metrics?runs=") and "x0=" in link for link in findings["chart"])
     assert at.get("page_link")  # the selected finding opens on its chart
+    alerts = at.dataframe[1].value  # the demo evaluates the shipped rules inline
+    assert "demo-torch-raw-logprobs" in set(alerts.loc[alerts["state"] == "firing", "run_id"])
+    assert "demo-torch-reference" not in set(alerts["run_id"])
     rules = at.dataframe[-1].value
     assert "mismatch/k3" in set(rules["metric"])
 
