@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-data
 UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-vllm test lint format bench clean
+.PHONY: demo demo-vllm test lint format bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(VENV)/.vllm: $(VENV)/.core requirements-vllm.txt
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-$(VENV)/.test: $(VENV)/.vllm requirements-test.txt
+$(VENV)/.test: $(VENV)/.vllm requirements-test.txt requirements-bench.txt
 	$(BIN)/pip install -q -r requirements-test.txt
 	touch $@
 
@@ -62,9 +62,14 @@ format: $(VENV)/.test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: the write/read benchmark; writes bench/RESULTS.md
+## bench: the write/read benchmark (bench/RESULTS.md) and the chart path vs TensorBoard and MLflow (bench/CHART_PATH.md)
 bench: $(VENV)/.test
 	$(BIN)/python -m bench.write_path
+	$(BIN)/python -m bench.chart_path
+
+## screenshots: the README's dashboard images, taken by the browser test on the demo runs
+screenshots: $(VENV)/.test
+	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/app/test_dashboard.py -k every_page
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm .pytest_cache .ruff_cache

@@ -32,6 +32,9 @@ class FileInfo:
     mtime_ns: int
     num_rows: int
     supersedes: tuple[str, ...]
+    # min and max of the x-axis columns (step, policy_version, ts as epoch seconds) from the footer's
+    # row-group statistics: a chart's x range without scanning the data.
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,13 +105,42 @@ class Catalog:
             meta = pq.read_metadata(path)
             extra = meta.metadata or {}
             supersedes = tuple(json.loads(extra[SUPERSEDES_KEY])) if SUPERSEDES_KEY in extra else ()
-            result: FileInfo | str = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes)
+            ranges = _column_ranges(meta)
+            result: FileInfo | str = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes, ranges)
         except FileNotFoundError:
             return "file vanished while reading"
         except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for damaged files
             result = f"unreadable Parquet footer: {exc}"
         self._footers[path] = (size, mtime_ns, result)
         return result
+
+
+RANGE_COLUMNS = ("step", "policy_version", "ts")
+
+
+def _column_ranges(meta: pq.FileMetaData) -> dict[str, tuple[float, float]]:
+    names = meta.schema.names
+    out: dict[str, tuple[float, float]] = {}
+    for column in RANGE_COLUMNS:
+        if column not in names:
+            continue
+        j = names.index(column)
+        lo = hi = None
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(j).statistics
+            if stats is None or not stats.has_min_max:
+                break  # a row group without statistics: no range for this column
+            a, b = _number(stats.min), _number(stats.max)
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        else:
+            if lo is not None:
+                out[column] = (lo, hi)
+    return out
+
+
+def _number(value: object) -> float:
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _listdir(directory: Path) -> list[Path]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage._store import Store
 
 DEFAULT_MAX_POINTS = 1000
 DEFAULT_STALE_AFTER_S = 300.0
 X_AXES = {"step": "step", "policy_version": "policy_version", "time": "epoch(ts)"}
+_X_COLUMNS = {"step": "step", "policy_version": "policy_version", "time": "ts"}
 
 
 def list_runs(store: Store, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> pa.Table:
@@ -88,7 +90,7 @@ def metric_series(
     if max_points < 1:
         raise ValueError(f"max_points must be >= 1, got {max_points}")
     parts = [
-        _run_series(store, run_id, list(names), X_AXES[x], max_points, x_min, x_max)
+        _run_series(store, run_id, list(names), x, max_points, x_min, x_max)
         for run_id in dict.fromkeys(run_ids)
         if names
     ]
@@ -99,31 +101,59 @@ def _run_series(
     store: Store,
     run_id: str,
     names: list[str],
-    x_expr: str,
+    x: str,
     n: int,
     x_min: float | None,
     x_max: float | None,
 ) -> pa.Table:
+    """The run's x range comes from the files' footer statistics when they have them (no scan); a
+    metric that covers only a sliver of that range (one added late) is re-bucketed over its own."""
+    x_expr = X_AXES[x]
     bounds, params = "", [run_id, names]
     for op, bound in ((">=", x_min), ("<=", x_max)):
         if bound is not None:
             bounds += f" AND CAST({x_expr} AS DOUBLE) {op} ?"
             params.append(float(bound))
+    order = "ts" if x == "time" else "step"
     source = (
-        f"SELECT name, CAST({x_expr} AS DOUBLE) AS x, value, ts FROM metrics "
+        f"SELECT name, CAST({x_expr} AS DOUBLE) AS x, {order} AS o, value FROM metrics "
         f"WHERE run_id = ? AND name IN (SELECT unnest(?)) AND {x_expr} IS NOT NULL{bounds}"
     )
-    lo, hi = store.sql(f"SELECT min(x) AS lo, max(x) AS hi FROM ({source})", params).to_pylist()[0].values()
-    if lo is None:
-        return store.sql(_EMPTY_SERIES)
+    span = store.column_range("metrics", run_id, _X_COLUMNS[x])
+    if span is not None:
+        span = (
+            max(span[0], x_min) if x_min is not None else span[0],
+            min(span[1], x_max) if x_max is not None else span[1],
+        )
+    else:
+        span = tuple(store.sql(f"SELECT min(x), max(x) FROM ({source})", params).to_pylist()[0].values())
+        if span[0] is None:
+            return store.sql(_EMPTY_SERIES)
+    table = _bucket(store, run_id, source, params, span, n)
+    counts = table.group_by("name").aggregate([("count", "sum"), ("count", "count")]).to_pylist()
+    sparse = [c["name"] for c in counts if c["count_count"] < n // 4 and c["count_sum"] > c["count_count"]]
+    if not sparse:
+        return table
+    keep = pc.invert(pc.is_in(table.column("name"), pa.array(sparse)))
+    parts = [table.filter(keep)]
+    for name in sparse:
+        own = [run_id, [name], *params[2:]]
+        lo, hi = store.sql(f"SELECT min(x), max(x) FROM ({source})", own).to_pylist()[0].values()
+        parts.append(_bucket(store, run_id, source, own, (lo, hi), n))
+    return pa.concat_tables(parts).sort_by([("name", "ascending"), ("x", "ascending")])
+
+
+def _bucket(store: Store, run_id: str, source: str, params: list, span: tuple, n: int) -> pa.Table:
+    lo, hi = span
     width = (hi - lo) / n if hi > lo else 1.0
+    # "last" is the latest row by step (by ts on the time axis); a struct (x, ts) key was 40% slower.
     return store.sql(
         f"""
         SELECT CAST(? AS VARCHAR) AS run_id, name, max(x) AS x, min(x) AS x_first, max(x) AS x_last,
-               min(value) AS min, max(value) AS max, arg_max(value, (x, ts)) AS last,
+               min(value) AS min, max(value) AS max, arg_max(value, o) AS last,
                avg(value) AS mean, count(*) AS count
         FROM ({source})
-        GROUP BY name, least(floor((x - ?) / ?), ? - 1)
+        GROUP BY name, least(greatest(floor((x - ?) / ?), 0), ? - 1)
         ORDER BY name, x
         """,
         [run_id, *params, lo, width, n],

@@ -38,6 +38,7 @@ class Store:
         self.bad_files: dict[Path, str] = {}
         self._catalog = Catalog(self.root)
         self._view_files: dict[str, list[str] | None] = {}
+        self._snapshot = None
         self.con.execute(f"CREATE SCHEMA {INTERNAL_SCHEMA}")
         for table in TABLES:
             self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.empty_{table} ({duckdb_columns(table)})")
@@ -57,6 +58,7 @@ class Store:
     def refresh(self) -> bool:
         """Point the views at the files on disk now; True if any view changed."""
         snap = self._catalog.scan()
+        self._snapshot = snap
         changed = False
         for table in TABLES:
             paths = snap.paths(table)
@@ -86,6 +88,19 @@ class Store:
     def files(self, table: str) -> list[str]:
         """The files the ``table`` view reads now (as of the last ``refresh()``)."""
         return list(self._view_files.get(table) or [])
+
+    def column_range(self, table: str, run_id: str, column: str) -> tuple[float, float] | None:
+        """(min, max) of ``column`` over one run's files, from footer statistics (no scan); None when
+        a file lacks them. ``ts`` comes back as epoch seconds."""
+        partition = f"run_id={run_id}"
+        infos = [
+            f
+            for f in (self._snapshot.files.get(table, []) if self._snapshot else [])
+            if f.path.parent.name == partition
+        ]
+        if not infos or any(column not in f.ranges for f in infos):
+            return None
+        return min(f.ranges[column][0] for f in infos), max(f.ranges[column][1] for f in infos)
 
     @staticmethod
     def source(paths: list[str]) -> str:

@@ -76,3 +76,33 @@ def test_write_path_benchmark_smoke(tmp_path: Path) -> None:
             assert value >= 0, where  # a short run may see no collection at all
         else:
             assert value > 0, where
+
+
+def test_chart_path_benchmark_smoke(tmp_path: Path) -> None:
+    out, numbers = tmp_path / "CHART_PATH.md", tmp_path / "chart.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.chart_path",
+            "--steps=3000",
+            "--peer-steps=400",
+            "--refreshes=3",
+            f"--out={out}",
+            f"--json={numbers}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = out.read_text(encoding="utf-8")
+    assert report.startswith("# Chart-path benchmark") and "--peer-steps=400" in report
+    results = json.loads(numbers.read_text(encoding="utf-8"))["results"]
+    tools = {r["tool"]: r for r in results if r["steps"] == 400}
+    assert set(tools) == {"logprobe", "TensorBoard EventAccumulator", "MLflow get_metric_history (SQLite)"}
+    for r in results:  # each reader returned every point, first and after the refreshes
+        assert r["points"] == r["steps"] + 3, r
+        assert r["first_ms"] > 0 and r["refresh_ms"] > 0 and math.isfinite(r["refresh_p90_ms"])
+    assert any(r["tool"] == "logprobe" and r["steps"] == 3000 for r in results)

@@ -181,3 +181,21 @@ def test_sql_retries_after_files_vanish(tmp_path: Path) -> None:
     shutil.move(part, moved)  # files gone under a live reader (as after a compaction)
     _write_run(tmp_path, "r", 3, ["a"])
     assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 3
+
+
+def test_metric_series_uses_footer_ranges_and_rebuckets_a_metric_added_late(tmp_path: Path) -> None:
+    with Writer(tmp_path) as writer:
+        for step in range(20_000):
+            metrics = {"early": 1.0}
+            if step >= 19_800:  # added in the last 1% of the run
+                metrics["late"] = float(step)
+            writer.log_metrics("r", step, metrics)
+    store = Store(tmp_path)
+    assert store.column_range("metrics", "r", "step") == (0.0, 19_999.0)
+    assert store.column_range("metrics", "nope", "step") is None
+    series = storage.metric_series(store, ["r"], ["early", "late"], max_points=100).to_pylist()
+    early = [b for b in series if b["name"] == "early"]
+    late = [b for b in series if b["name"] == "late"]
+    assert len(early) == 100 and sum(b["count"] for b in early) == 20_000
+    assert len(late) == 100 and sum(b["count"] for b in late) == 200  # not 1 bucket of the run's range
+    assert late[-1]["last"] == 19_999.0 and late[0]["x_first"] == 19_800.0
