@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import storage
-from bench.write_path import machine_info
+from bench.write_path import machine_info, positive_int
 
 DEFAULT_STEPS = 1_000_000
 DEFAULT_PEER_STEPS = 50_000
@@ -295,7 +295,7 @@ def render(report: Report, command: str) -> str:
         ratio = "1, 1"
         if r.tool != "logprobe":
             ratio = (
-                f"{r.first_ms / base.first_ms:,.2g}x, {r.refresh_ms / base.refresh_ms:,.2g}x"
+                f"{_x(r.first_ms / base.first_ms)}, {_x(r.refresh_ms / base.refresh_ms)}"
                 if r.first_ms and r.refresh_ms and base.first_ms and base.refresh_ms
                 else "n/a"
             )
@@ -330,23 +330,20 @@ def render(report: Report, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _x(ratio: float) -> str:
+    return f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
+
+
 def verdict(value: float | None, target: float) -> str:
     return "n/a" if value is None else ("met" if value < target else "MISSED")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=_positive, default=DEFAULT_STEPS)
-    parser.add_argument("--peer-steps", type=_positive, default=DEFAULT_PEER_STEPS)
-    parser.add_argument("--metrics", type=_positive, default=DEFAULT_METRICS)
-    parser.add_argument("--refreshes", type=_positive, default=DEFAULT_REFRESHES)
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS)
+    parser.add_argument("--peer-steps", type=positive_int, default=DEFAULT_PEER_STEPS)
+    parser.add_argument("--metrics", type=positive_int, default=DEFAULT_METRICS)
+    parser.add_argument("--refreshes", type=positive_int, default=DEFAULT_REFRESHES)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args(argv)

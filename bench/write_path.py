@@ -661,7 +661,7 @@ def render(report: Report) -> str:
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -671,17 +671,17 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.write_path", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--steps", type=_positive, default=DEFAULT_STEPS, help="steps to log (default %(default)s)"
+        "--steps", type=positive_int, default=DEFAULT_STEPS, help="steps to log (default %(default)s)"
     )
     parser.add_argument(
         "--metrics",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_METRICS,
         help="scalar metrics per step (default %(default)s)",
     )
     parser.add_argument(
         "--repeats",
-        type=_positive,
+        type=positive_int,
         default=DEFAULT_REPEATS,
         help="repeats to take medians over (default %(default)s)",
     )

@@ -110,6 +110,7 @@ def _screenshot(page: object, tmp_path: Path, name: str) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 @pytest.mark.parametrize("name", list(PAGES))
 def test_every_page_on_the_demo_runs(demo_server: str, page: object, tmp_path: Path, name: str) -> None:
     page.goto(f"{demo_server}/{'' if name == 'runs' else name}")  # the default page lives at /
@@ -125,6 +126,7 @@ def test_every_page_on_the_demo_runs(demo_server: str, page: object, tmp_path: P
     _screenshot(page, tmp_path, name)
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_runs_overview_shows_health_and_reason(demo_server: str, page: object) -> None:
     page.goto(demo_server)
     # The grid draws on a canvas; Glide's accessible table behind it holds the cell text.
@@ -137,6 +139,7 @@ def test_runs_overview_shows_health_and_reason(demo_server: str, page: object) -
     assert "bad" in text and "ok" in text and "above" in text
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_a_finding_opens_its_chart_region(demo_server: str, page: object) -> None:
     page.goto(f"{demo_server}/drift")
     link = page.locator("[data-testid='stPageLink'] a").first
@@ -148,6 +151,7 @@ def test_a_finding_opens_its_chart_region(demo_server: str, page: object) -> Non
     assert page.locator(EXCEPTION).count() == 0
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_sql_console_refuses_escapes(demo_server: str, page: object) -> None:
     page.goto(f"{demo_server}/sql")
     area = page.get_by_role("textbox", name="SQL")

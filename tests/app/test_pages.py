@@ -64,6 +64,7 @@ def test_every_page_with_a_corrupt_file(corrupt_root: Path, page: str) -> None:
         assert len(_charts(at)) == 2  # k3 and reward; the torn file is skipped, not fatal
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 @pytest.mark.parametrize("page", list(PAGES))
 def test_every_page_on_the_demo_runs(demo_root: Path, page: str) -> None:
     at = _open(demo_root, page)
@@ -71,6 +72,7 @@ def test_every_page_on_the_demo_runs(demo_root: Path, page: str) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_runs_page_filters_and_searches(demo_root: Path) -> None:
     at = _open(demo_root, "runs")
     table = at.dataframe[0].value
@@ -84,6 +86,7 @@ def test_runs_page_filters_and_searches(demo_root: Path) -> None:
     assert any("No run matches" in i.value for i in at.info)
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_metrics_page_draws_findings_markers_thresholds_and_zooms_from_a_link(demo_root: Path) -> None:
     run = "demo-torch-flag-change"
     at = _open(demo_root, "metrics", {"runs": run, "metric": "mismatch/k3", "x0": "7", "x1": "20"})
@@ -100,6 +103,7 @@ def test_metrics_page_draws_findings_markers_thresholds_and_zooms_from_a_link(de
     assert len(smoothed["data"]) == len(k3["data"]) + 1
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_drift_page_lists_findings_newest_first_with_chart_links(demo_root: Path) -> None:
     at = _open(demo_root, "drift")
     findings = at.dataframe[0].value
@@ -115,6 +119,7 @@ def test_drift_page_lists_findings_newest_first_with_chart_links(demo_root: Path
     assert "mismatch/k3" in set(rules["metric"])
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_flags_page_ranks_flags_and_draws_the_spread(demo_root: Path) -> None:
     at = _open(demo_root, "flags")
     effects = at.dataframe[0].value
@@ -125,6 +130,7 @@ def test_flags_page_ranks_flags_and_draws_the_spread(demo_root: Path) -> None:
     assert len(diff) >= 1  # the first two demo runs differ in at least one flag
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_tokens_page_heatmap_and_worst_tokens(demo_root: Path) -> None:
     at = _open(demo_root, "tokens")
     (heatmap,) = _charts(at)
@@ -135,6 +141,7 @@ def test_tokens_page_heatmap_and_worst_tokens(demo_root: Path) -> None:
     assert worst["token_text"].notna().all()
 
 
+@pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_sql_console_runs_examples_and_refuses_escapes(demo_root: Path) -> None:
     at = _open(demo_root, "sql")
     at.button[0].click().run()
