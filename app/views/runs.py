@@ -44,9 +44,22 @@ def render(ctx: Context) -> None:
     st.dataframe(
         pa.Table.from_pylist(rows),
         hide_index=True,
+        column_order=[
+            "run_id",
+            "name",
+            "status",
+            "health",
+            "last_step",
+            "age_s",
+            "points",
+            "engine",
+            *KEY_FLAGS,
+            "selected",
+            "why",
+        ],
         column_config={
             "health": st.column_config.TextColumn("health", help="From the monitor's thresholds; see 'why'"),
-            "why": st.column_config.TextColumn("why", width="large"),
+            "why": st.column_config.TextColumn("why", help="The findings behind the badge"),
             "age_s": st.column_config.NumberColumn("age (s)", help="Seconds since the last write"),
             "selected": st.column_config.CheckboxColumn("compared", help="Pick runs in the sidebar"),
         },

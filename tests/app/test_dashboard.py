@@ -135,6 +135,11 @@ def test_runs_overview_shows_health_and_reason(demo_server: str, page: object) -
     )
     cells.first.wait_for(state="attached", timeout=60_000)
     text = " ".join(cells.all_text_contents())
+    # Glide renders only the columns in view: scroll right to bring the reason column in.
+    page.locator("[data-testid='stDataFrame']").first.hover()
+    page.mouse.wheel(3000, 0)
+    page.wait_for_timeout(500)
+    text += " " + " ".join(cells.all_text_contents())
     assert "demo-torch-raw-logprobs" in text and "demo-torch-reference" in text
     assert "bad" in text and "ok" in text and "above" in text
 
