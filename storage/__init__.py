@@ -6,6 +6,7 @@ Layout: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet`` (Hive parti
 from storage._compact import CompactReport, compact
 from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
 from storage._live import LiveSeries
+from storage._names import TRL, VERL, map_name
 from storage._queries import (
     DEFAULT_MAX_POINTS,
     X_AXES,
@@ -29,6 +30,8 @@ __all__ = [
     "ROOT_ENV",
     "SCHEMAS",
     "TABLES",
+    "TRL",
+    "VERL",
     "VOLATILE_ENGINE_FLAGS",
     "X_AXES",
     "CompactReport",
@@ -46,6 +49,7 @@ __all__ = [
     "flatten_flags",
     "histogram_matrix",
     "list_runs",
+    "map_name",
     "metric_names",
     "metric_series",
     "metrics_after",

@@ -1,0 +1,83 @@
+"""TRL: a ``transformers.TrainerCallback`` that records what GRPOTrainer (or any HF trainer) logs.
+
+    trainer = GRPOTrainer(..., callbacks=[LogprobeCallback(project="grpo", name="qwen-run-7")])
+
+Every numeric value passed to ``on_log`` is written at ``state.global_step``, under logprobe's name
+where TRL's means the same thing (``storage.TRL``: ``sampling/sampling_logp_difference/mean`` is
+``mismatch/abs_logp_diff_mean``) and under TRL's own name otherwise (``clip_ratio/region_mean`` is
+a clip fraction against the trainer's own recompute, not the engine gap, so it stays apart). The
+mapping used is recorded once as a ``name_map`` event, so the original names stay traceable. The
+run's config holds the trainer's arguments and the model's config.
+
+Only the main process writes (TRL logs the gathered, cross-rank values there).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from collectors._run import Run, init
+from storage import map_name
+
+log = logging.getLogger(__name__)
+
+
+class LogprobeCallback(TrainerCallback):
+    """Write the trainer's logs into a logprobe run (created at train start unless ``run`` is given)."""
+
+    def __init__(self, run: Run | None = None, *, source: str = "trl", **init_kwargs: Any) -> None:
+        self.run = run
+        self.source = source
+        self.init_kwargs = init_kwargs
+        self._owns_run = run is None
+        self._mapped: dict[str, str] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        model = kwargs.get("model")
+        config = {
+            "trainer": type(args).__name__,
+            "args": args.to_dict(),
+            "model_config": model.config.to_dict() if getattr(model, "config", None) is not None else None,
+        }
+        if self.run is None:
+            self.run = init(config=config, **{"name": args.run_name, **self.init_kwargs})
+        else:
+            self.run.event("trainer_config", step=state.global_step, **config)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.run is None or not state.is_world_process_zero or not logs:
+            return
+        metrics: dict[str, float] = {}
+        new: dict[str, str] = {}
+        for name, value in logs.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue  # TRL also logs strings and tables; only scalars are metrics
+            target = map_name(name, "trl")
+            if target != name and name not in self._mapped:
+                new[name] = target
+            metrics[target] = float(value)
+        if new:
+            self._mapped.update(new)
+            self.run.event("name_map", step=state.global_step, source=self.source, names=new)
+        if metrics:
+            self.run.log(state.global_step, metrics)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.run is not None and self._owns_run and state.is_world_process_zero:
+            self.run.close()
