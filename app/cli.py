@@ -297,6 +297,65 @@ def ui(root: str, port: int, host: str, rules: str | None) -> None:
     os.execv(sys.executable, command)
 
 
+@main.group("import")
+def import_() -> None:
+    """Bring runs logged by other trackers into the store (names mapped where logprobe has them)."""
+
+
+def _report(result: object, what: str) -> None:
+    Console(stderr=True).print(
+        f"imported {len(result.run_ids)} run(s), {result.points:,} points from {what}"
+        + (f"; skipped {result.skipped:,} non-scalar values" if result.skipped else "")
+    )
+    for run_id in result.run_ids:
+        click.echo(run_id)
+
+
+@import_.command("tensorboard")
+@click.argument("logdir", type=click.Path(exists=True, file_okay=False))
+@root_option
+@click.option("--prefix", default="tb", show_default=True, help="Run ids become PREFIX-<subdir>.")
+def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
+    """Event files under LOGDIR (one run per directory holding them)."""
+    from storage.importers import import_tensorboard as run_import
+
+    try:
+        _report(run_import(logdir, root, prefix=prefix), logdir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@import_.command("mlflow")
+@click.argument("tracking_uri")
+@root_option
+@click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
+@click.option("--prefix", default="mlflow", show_default=True, help="Run ids become PREFIX-<run id>.")
+def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], prefix: str) -> None:
+    """Every run of an MLflow tracking store (sqlite:///..., a directory, or a server URL)."""
+    from storage.importers import import_mlflow as run_import
+
+    try:
+        _report(
+            run_import(tracking_uri, root, experiments=list(experiments) or None, prefix=prefix), tracking_uri
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@import_.command("trackio")
+@click.argument("project_db", type=click.Path(exists=True, dir_okay=False))
+@root_option
+@click.option("--prefix", default="trackio", show_default=True, help="Run ids become PREFIX-<run name>.")
+def import_trackio(project_db: str, root: str, prefix: str) -> None:
+    """A Trackio project's SQLite file (~/.cache/huggingface/trackio/<project>.db)."""
+    from storage.importers import import_trackio as run_import
+
+    try:
+        _report(run_import(project_db, root, prefix=prefix), project_db)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @main.group()
 def alerts() -> None:
     """Alert rules over the store: watch live runs, list what fired."""

@@ -1,0 +1,16 @@
+"""Importers for runs logged before logprobe existed: TensorBoard event files, MLflow tracking
+stores and Trackio projects, each run into a logprobe run.
+
+Every importer reads through the tool's own reader (``EventAccumulator``, ``MlflowClient``, Trackio's
+SQLite tables), keeps values exactly (TensorBoard's float32 scalars widen to float64 without
+change), maps metric names where logprobe has the same quantity (``storage.map_name``: TRL's and
+verl's names, also behind HF Trainer's ``train/`` prefix) and keeps the others as they were. Each
+imported run gets an ``imported`` event naming the source and the names it mapped.
+"""
+
+from storage.importers._common import ImportResult, safe_run_id
+from storage.importers._mlflow import import_mlflow
+from storage.importers._tensorboard import import_tensorboard
+from storage.importers._trackio import import_trackio
+
+__all__ = ["ImportResult", "import_mlflow", "import_tensorboard", "import_trackio", "safe_run_id"]
