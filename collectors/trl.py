@@ -10,6 +10,12 @@ mapping used is recorded once as a ``name_map`` event, so the original names sta
 run's config holds the trainer's arguments and the model's config.
 
 Only the main process writes (TRL logs the gathered, cross-rank values there).
+
+``LogprobeCallback.attach(trainer)`` goes further when the trainer samples with vLLM: it records
+the engine's fingerprint (version, flags, ``logprobs_mode``, lm_head dtype) at train start, and it
+wraps the trainer's rollout scoring so every batch's sampling logprobs and the trainer's recomputed
+ones go through ``Run.log_mismatch``: the full ``mismatch/*`` set, the log-ratio histogram and the
+worst tokens, not only TRL's two numbers.
 """
 
 from __future__ import annotations
@@ -35,6 +41,43 @@ class LogprobeCallback(TrainerCallback):
         self._owns_run = run is None
         self._mapped: dict[str, str] = {}
 
+    @classmethod
+    def attach(cls, trainer: Any, run: Run | None = None, **init_kwargs: Any) -> LogprobeCallback:
+        """Add a callback to ``trainer`` and hook its vLLM engine and rollout scoring (see module doc)."""
+        callback = cls(run, **init_kwargs)
+        callback.trainer = trainer
+        trainer.add_callback(callback)
+        score = trainer._generate_and_score_completions  # TRL's rollout + recompute, per batch
+
+        def scored(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            output = score(*args, **kwargs)
+            callback._log_mismatch(output)
+            return output
+
+        trainer._generate_and_score_completions = scored
+        return callback
+
+    trainer: Any = None
+    _full_mismatch = False  # set once log_mismatch has run: TRL's own two gap numbers keep their names
+
+    def _log_mismatch(self, output: dict[str, Any]) -> None:
+        sampled, recomputed = output.get("sampling_per_token_logps"), output.get("old_per_token_logps")
+        if self.run is None or sampled is None or recomputed is None:
+            return  # without vLLM (or with TRL's IS correction off) there is no engine gap to measure
+        try:
+            # TRL reports a batch's numbers at the step its update produces: global_step + 1.
+            self.run.log_mismatch(
+                self.trainer.state.global_step + 1,
+                recomputed,
+                sampled,
+                output["completion_mask"].bool(),
+                token_ids=output["completion_ids"],
+                tokenizer=getattr(self.trainer, "processing_class", None),
+            )
+            self._full_mismatch = True
+        except (ValueError, TypeError) as exc:  # never take the training step down
+            log.warning("logprobe: could not log this batch's mismatch: %s", exc)
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -50,6 +93,11 @@ class LogprobeCallback(TrainerCallback):
             self.run = init(config=config, **{"name": args.run_name, **self.init_kwargs})
         else:
             self.run.event("trainer_config", step=state.global_step, **config)
+        llm = getattr(getattr(self.trainer, "vllm_generation", None), "llm", None)  # colocate mode
+        if llm is not None:
+            import collectors.vllm as lpv
+
+            lpv.record_engine(self.run, llm, step=state.global_step)
 
     def on_log(
         self,
@@ -67,6 +115,8 @@ class LogprobeCallback(TrainerCallback):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue  # TRL also logs strings and tables; only scalars are metrics
             target = map_name(name, "trl")
+            if self._full_mismatch and target.startswith("mismatch/"):
+                target = name  # the full set is logged from the tensors; do not write a second value
             if target != name and name not in self._mapped:
                 new[name] = target
             metrics[target] = float(value)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from storage import TRL, Store
+from tests.conftest import run_python
 
 trl = pytest.importorskip("trl", reason="TRL is a test extra (requirements-test.txt)")
 datasets = pytest.importorskip("datasets", reason="TRL depends on datasets")
@@ -95,3 +96,35 @@ def test_the_run_records_trainer_config_and_the_name_map(trained: tuple[Path, li
     assert json.loads(event["payload"])["names"]["reward"] == "reward/mean"
     kinds = store.sql("SELECT kind FROM events WHERE run_id = 'grpo-tiny'").column("kind").to_pylist()
     assert "run_end" in kinds  # the callback closed the run it opened
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_attached_to_a_vllm_trainer_it_records_the_engine_and_the_full_mismatch(tmp_path: Path) -> None:
+    pytest.importorskip("vllm", reason="vLLM is a test extra (requirements-vllm.txt)")
+    root = tmp_path / "store"
+    run_python(
+        Path(__file__).with_name("trl_vllm_child.py").read_text(encoding="utf-8"),
+        str(tmp_path),
+        str(root),
+        timeout=600,
+    )
+    store = Store(root)
+    (engine,) = store.sql("SELECT engine, vllm_version, logprobs_mode, fingerprint FROM engines").to_pylist()
+    assert engine["engine"].startswith("vllm") and engine["logprobs_mode"] == "processed_logprobs"
+    rows = store.sql("SELECT step, name, value FROM metrics").to_pylist()
+    by_name: dict[str, dict[int, float]] = {}
+    for r in rows:  # (TRL's end-of-training summary repeats "epoch" at the last step)
+        if r["name"].startswith(("mismatch/", "sampling/")):
+            assert r["step"] not in by_name.setdefault(r["name"], {}), ("two values at one step", r)
+        by_name.setdefault(r["name"], {})[r["step"]] = r["value"]
+    full = ("mismatch/k3", "mismatch/prob_pearson", "mismatch/ess", "mismatch/abs_logp_diff_mean")
+    for name in full:
+        assert sorted(by_name[name]) == [1, 2, 3], name  # every batch, at the step TRL reports it
+    # TRL's own numbers are kept under its names once the full set is logged, and agree with it.
+    trl_gap = by_name["sampling/sampling_logp_difference/mean"]
+    for step, value in trl_gap.items():
+        assert value == pytest.approx(by_name["mismatch/abs_logp_diff_mean"][step], rel=1e-3)
+    assert 0 < by_name["mismatch/k3"][1] < 1e-3  # same weights on both sides: small but real (bf16 KV etc.)
+    tokens = store.sql("SELECT count(*) AS n, count(token_text) AS texts FROM tokens").to_pylist()[0]
+    assert tokens["n"] > 0 and tokens["texts"] == tokens["n"]
