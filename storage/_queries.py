@@ -109,15 +109,15 @@ def _run_series(
     """The run's x range comes from the files' footer statistics when they have them (no scan); a
     metric that covers only a sliver of that range (one added late) is re-bucketed over its own."""
     x_expr = X_AXES[x]
-    bounds, params = "", [run_id, names]
+    bounds, params = "", [names]
     for op, bound in ((">=", x_min), ("<=", x_max)):
         if bound is not None:
             bounds += f" AND CAST({x_expr} AS DOUBLE) {op} ?"
             params.append(float(bound))
     order = "ts" if x == "time" else "step"
     source = (
-        f"SELECT name, CAST({x_expr} AS DOUBLE) AS x, {order} AS o, value FROM metrics "
-        f"WHERE run_id = ? AND name IN (SELECT unnest(?)) AND {x_expr} IS NOT NULL{bounds}"
+        f"SELECT name, CAST({x_expr} AS DOUBLE) AS x, {order} AS o, value FROM {{source}} "
+        f"WHERE name IN (SELECT unnest(?)) AND {x_expr} IS NOT NULL{bounds}"
     )
     span = store.column_range("metrics", run_id, _X_COLUMNS[x])
     if span is not None:
@@ -126,7 +126,11 @@ def _run_series(
             min(span[1], x_max) if x_max is not None else span[1],
         )
     else:
-        span = tuple(store.sql(f"SELECT min(x), max(x) FROM ({source})", params).to_pylist()[0].values())
+        span = tuple(
+            store.sql_over_run("metrics", run_id, f"SELECT min(x), max(x) FROM ({source})", params)
+            .to_pylist()[0]
+            .values()
+        )
         if span[0] is None:
             return store.sql(_EMPTY_SERIES)
     table = _bucket(store, run_id, source, params, span, n)
@@ -137,8 +141,9 @@ def _run_series(
     keep = pc.invert(pc.is_in(table.column("name"), pa.array(sparse)))
     parts = [table.filter(keep)]
     for name in sparse:
-        own = [run_id, [name], *params[2:]]
-        lo, hi = store.sql(f"SELECT min(x), max(x) FROM ({source})", own).to_pylist()[0].values()
+        own = [[name], *params[1:]]
+        span_query = f"SELECT min(x), max(x) FROM ({source})"
+        lo, hi = store.sql_over_run("metrics", run_id, span_query, own).to_pylist()[0].values()
         parts.append(_bucket(store, run_id, source, own, (lo, hi), n))
     return pa.concat_tables(parts).sort_by([("name", "ascending"), ("x", "ascending")])
 
@@ -147,7 +152,9 @@ def _bucket(store: Store, run_id: str, source: str, params: list, span: tuple, n
     lo, hi = span
     width = (hi - lo) / n if hi > lo else 1.0
     # "last" is the latest row by step (by ts on the time axis); a struct (x, ts) key was 40% slower.
-    return store.sql(
+    return store.sql_over_run(
+        "metrics",
+        run_id,
         f"""
         SELECT CAST(? AS VARCHAR) AS run_id, name, max(x) AS x, min(x) AS x_first, max(x) AS x_last,
                min(value) AS min, max(value) AS max, arg_max(value, o) AS last,

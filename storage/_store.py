@@ -111,6 +111,30 @@ class Store:
             "hive_types = {'run_id': VARCHAR})"
         )
 
+    def sql_over_run(self, table: str, run_id: str, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run ``query`` with ``{source}`` standing for one run's files of ``table``.
+
+        The table views union every file by name, and DuckDB reads each file's schema for that on
+        every query, even when partition pruning then skips the file: with 300 files, a one-run
+        query over the view took 130 ms, over the run's own files 5.5 ms (bench/scale.py). A
+        compaction that replaces the files mid-query triggers one refresh and a rebuilt retry.
+        """
+        for attempt in (0, 1):
+            partition = f"run_id={run_id}"
+            paths = [p for p in self.files(table) if Path(p).parent.name == partition]
+            empty = f"{INTERNAL_SCHEMA}.empty_{table}"
+            source = (
+                f"(SELECT * FROM {self.source(paths)} UNION ALL BY NAME SELECT * FROM {empty})"
+                if paths
+                else empty
+            )
+            try:
+                return self.con.sql(query.format(source=source), params=params).to_arrow_table()
+            except duckdb.IOException:
+                if attempt or not self.refresh():
+                    raise
+        raise AssertionError("unreachable")
+
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Run ``query`` and return the result as a pyarrow Table."""
         try:
