@@ -62,10 +62,9 @@ format: $(VENV)/.test
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: the write/read benchmark (bench/RESULTS.md) and the chart path vs TensorBoard and MLflow (bench/CHART_PATH.md)
+## bench: every benchmark (bench/results/*.md), assembled into bench/RESULTS.md
 bench: $(VENV)/.test
-	$(BIN)/python -m bench.write_path
-	$(BIN)/python -m bench.chart_path
+	$(BIN)/python -m bench
 
 ## screenshots: the README's dashboard images, taken by the browser test on the demo runs
 screenshots: $(VENV)/.test

@@ -53,7 +53,7 @@ import storage
 DEFAULT_STEPS = 10_000
 DEFAULT_METRICS = 20
 DEFAULT_REPEATS = 3
-DEFAULT_OUT = Path(__file__).with_name("RESULTS.md")
+DEFAULT_OUT = Path(__file__).parent / "results" / "write_path.md"
 CHART_MAX_POINTS = 1000
 RUN_ID = "bench-write-path"
 FLOOR_COMPRESSION = "zstd"  # the Writer's default, so the floor compresses as hard as logprobe does
@@ -686,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="repeats to take medians over (default %(default)s)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/RESULTS.md)"
+        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/write_path.md)"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
     args_list = list(sys.argv[1:] if argv is None else argv)

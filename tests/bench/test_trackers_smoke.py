@@ -1,0 +1,83 @@
+"""Smoke run of ``python -m bench.trackers``: it must run end to end, and account for every tool.
+
+No speed is asserted (shared CI machines are noisy, see test_bench_smoke.py). What is asserted: the
+script works, every tool either has numbers or says why it cannot run here (a peer is never dropped
+silently), every number is positive and finite, and every read-back returned every logged point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 200
+BIG_STEPS = 2000
+METRICS = 20
+TOOLS = ("logprobe", "floor", "wandb", "mlflow-sqlite", "mlflow-file", "tensorboardx", "trackio", "aim")
+
+
+def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a JSON value, with where it is (booleans are not numbers here)."""
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in _numbers(inner, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [item for i, inner in enumerate(value) for item in _numbers(inner, f"{path}[{i}]")]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(path, float(value))]
+    return []
+
+
+def test_trackers_benchmark_smoke(tmp_path: Path) -> None:
+    out, numbers = tmp_path / "trackers.md", tmp_path / "trackers.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.trackers",
+            f"--steps={STEPS}",
+            f"--big-steps={BIG_STEPS}",
+            f"--out={out}",
+            f"--json={numbers}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    report = out.read_text(encoding="utf-8")
+    assert report.startswith("# ")
+    assert report in proc.stdout  # stdout carries the same report
+    assert f"--steps={STEPS}" in report  # the exact command is recorded
+    for heading in ("## Goals", "## Write path", "## Read path", "## Versions", f"logprobe at {BIG_STEPS:,}"):
+        assert heading in report, heading
+
+    result = json.loads(numbers.read_text(encoding="utf-8"))
+    results = result["results"]
+    by_tool: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_tool.setdefault(r["tool"], []).append(r)
+    assert set(by_tool) == set(TOOLS)
+    for tool, runs in by_tool.items():
+        for r in runs:
+            if not r["ok"]:  # a peer that cannot run here says so, in the JSON and in the report
+                assert r["reason"], r
+                assert "cannot run here" in report and r["reason"] in report, r
+                continue
+            assert r["latency"] is not None and r["durable_s"] > 0 and r["bytes_on_disk"] > 0, r
+            assert r["rows_read"] == r["steps"] * METRICS, r  # the script also compared every value
+            if r["read_full_s"] is not None:
+                assert r["chart_points"] == r["steps"] * METRICS, r
+                assert 0 < r["chart_buckets"] <= METRICS * 1000, r
+            measured = {k: v for k, v in r.items() if k not in ("steps", "n_metrics", "versions")}
+            for where, value in _numbers(measured):
+                assert math.isfinite(value), (tool, where)
+                assert value > 0 or where == ".setup_s", (tool, where, value)
+    assert any(r["tool"] == "logprobe" and r["steps"] == BIG_STEPS and r["ok"] for r in results)
+    assert len(result["goals"]) == 6
