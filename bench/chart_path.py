@@ -40,7 +40,7 @@ import storage
 from bench.write_path import machine_info, positive_int
 
 DEFAULT_STEPS = 1_000_000
-DEFAULT_PEER_STEPS = 50_000
+DEFAULT_PEER_STEPS = 20_000
 DEFAULT_METRICS = 20
 DEFAULT_REFRESHES = 15
 DEFAULT_OUT = Path(__file__).parent / "results" / "chart_path.md"
