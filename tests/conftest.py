@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,3 +44,15 @@ def run_python(
     if check and proc.returncode != 0:
         raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def json_numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """Every number in a JSON value with where it is (booleans are not numbers here): what the
+    benchmark smoke tests check to be finite and positive."""
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in json_numbers(inner, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [item for i, inner in enumerate(value) for item in json_numbers(inner, f"{path}[{i}]")]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [(path, float(value))]
+    return []

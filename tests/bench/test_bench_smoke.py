@@ -13,23 +13,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+
+from tests.conftest import json_numbers
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 300
 METRICS = 20
 REPEATS = 2
-
-
-def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
-    """Every number in a JSON value, with where it is (booleans are not numbers here)."""
-    if isinstance(value, dict):
-        return [item for key, inner in value.items() for item in _numbers(inner, f"{path}.{key}")]
-    if isinstance(value, list):
-        return [item for i, inner in enumerate(value) for item in _numbers(inner, f"{path}[{i}]")]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [(path, float(value))]
-    return []
 
 
 def test_write_path_benchmark_smoke(tmp_path: Path) -> None:
@@ -70,7 +60,7 @@ def test_write_path_benchmark_smoke(tmp_path: Path) -> None:
         assert 0 < run["chart_rows"] <= METRICS * 1000
 
     measured = {key: result[key] for key in ("logprobe", "floor", "logprobe_runs", "floor_runs")}
-    for where, value in _numbers(measured):
+    for where, value in json_numbers(measured):
         assert math.isfinite(value), where
         if ".gc_gen" in where:
             assert value >= 0, where  # a short run may see no collection at all

@@ -13,22 +13,12 @@ import math
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+
+from tests.conftest import json_numbers
 
 REPO = Path(__file__).resolve().parents[2]
 RUNS, STEPS = 3, 2000
 LIVE_STEPS = 5
-
-
-def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
-    """Every number in a JSON value, with where it is (booleans are not numbers here)."""
-    if isinstance(value, dict):
-        return [item for key, inner in value.items() for item in _numbers(inner, f"{path}.{key}")]
-    if isinstance(value, list):
-        return [item for i, inner in enumerate(value) for item in _numbers(inner, f"{path}[{i}]")]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [(path, float(value))]
-    return []
 
 
 def _run(module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -63,7 +53,7 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     for point in [*result["steps_sweep"], *result["runs_sweep"]]:
         assert point["points"] == point["runs"] * point["steps"] * 20
         assert len(point["samples_s"]["chart_1"]) == 2
-    for where, value in _numbers(result):
+    for where, value in json_numbers(result):
         assert math.isfinite(value), where
         if not where.startswith(".exponents"):  # a flat query may come out at a slope below zero
             assert value > 0, where
@@ -85,7 +75,7 @@ def test_live_latency_benchmark_smoke(tmp_path: Path) -> None:
     assert run["flush_interval_s"] == 0.1 and run["steps"] == LIVE_STEPS
     assert run["visible"]["n"] == run["alert"]["n"] == LIVE_STEPS
     assert len(run["visible_s"]) == len(run["alert_s"]) == LIVE_STEPS
-    for where, value in _numbers(result):
+    for where, value in json_numbers(result):
         assert math.isfinite(value), where
         if not where.endswith(".alert_after_visible_ms"):  # two independent pollers: may be < 0
             assert value > 0, where

@@ -14,22 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import json_numbers
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 200
 BIG_STEPS = 2000
 METRICS = 20
 TOOLS = ("logprobe", "floor", "wandb", "mlflow-sqlite", "mlflow-file", "tensorboardx", "trackio", "aim")
-
-
-def _numbers(value: Any, path: str = "") -> list[tuple[str, float]]:
-    """Every number in a JSON value, with where it is (booleans are not numbers here)."""
-    if isinstance(value, dict):
-        return [item for key, inner in value.items() for item in _numbers(inner, f"{path}.{key}")]
-    if isinstance(value, list):
-        return [item for i, inner in enumerate(value) for item in _numbers(inner, f"{path}[{i}]")]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return [(path, float(value))]
-    return []
 
 
 def test_trackers_benchmark_smoke(tmp_path: Path) -> None:
@@ -78,7 +69,7 @@ def test_trackers_benchmark_smoke(tmp_path: Path) -> None:
                 assert r["chart_points"] == r["steps"] * METRICS, r
                 assert 0 < r["chart_buckets"] <= METRICS * 1000, r
             measured = {k: v for k, v in r.items() if k not in ("steps", "n_metrics", "versions")}
-            for where, value in _numbers(measured):
+            for where, value in json_numbers(measured):
                 assert math.isfinite(value), (tool, where)
                 assert value > 0 or where in (".setup_s", ".rows_dropped"), (tool, where, value)
     assert any(r["tool"] == "logprobe" and r["steps"] == BIG_STEPS and r["ok"] for r in results)
