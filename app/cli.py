@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 import duckdb
@@ -302,7 +304,12 @@ def import_() -> None:
     """Bring runs logged by other trackers into the store (names mapped where logprobe has them)."""
 
 
-def _report(result: object, what: str) -> None:
+def _import(run: Callable[[], Any], what: str) -> None:
+    """Run one importer; a source it cannot read is a usage error naming the source, not a traceback."""
+    try:
+        result = run()
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.UsageError(str(exc)) from exc
     Console(stderr=True).print(
         f"imported {len(result.run_ids)} run(s), {result.points:,} points from {what}"
         + (f"; skipped {result.skipped:,} non-scalar values" if result.skipped else "")
@@ -319,10 +326,7 @@ def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
     """Event files under LOGDIR (one run per directory holding them)."""
     from storage.importers import import_tensorboard as run_import
 
-    try:
-        _report(run_import(logdir, root, prefix=prefix), logdir)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from exc
+    _import(lambda: run_import(logdir, root, prefix=prefix), logdir)
 
 
 @import_.command("mlflow")
@@ -334,12 +338,10 @@ def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], pr
     """Every run of an MLflow tracking store (sqlite:///..., a directory, or a server URL)."""
     from storage.importers import import_mlflow as run_import
 
-    try:
-        _report(
-            run_import(tracking_uri, root, experiments=list(experiments) or None, prefix=prefix), tracking_uri
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    _import(
+        lambda: run_import(tracking_uri, root, experiments=list(experiments) or None, prefix=prefix),
+        tracking_uri,
+    )
 
 
 @import_.command("trackio")
@@ -350,10 +352,7 @@ def import_trackio(project_db: str, root: str, prefix: str) -> None:
     """A Trackio project's SQLite file (~/.cache/huggingface/trackio/<project>.db)."""
     from storage.importers import import_trackio as run_import
 
-    try:
-        _report(run_import(project_db, root, prefix=prefix), project_db)
-    except (ValueError, FileNotFoundError) as exc:
-        raise click.UsageError(str(exc)) from exc
+    _import(lambda: run_import(project_db, root, prefix=prefix), project_db)
 
 
 @main.group()

@@ -45,12 +45,18 @@ def render(ctx: Context) -> None:
         for e in storage.events(ctx.store, ctx.selected, MARKED_EVENTS).to_pylist():
             events.append({**e, "epoch": e["ts"].timestamp() if e["ts"] else None})
         found = [f for run in ctx.selected for f in findings(ctx.store, run)] if shade else []
+        last: dict[str, float] = {}  # newest x per run, from the series already in hand
         for metric in chosen:
             live = live_series(ctx.selected, metric, x, MAX_POINTS)
             live.update(ctx.store)
+            series = live.table()
+            for run_id, x_last in zip(
+                series["run_id"].to_pylist(), series["x_last"].to_pylist(), strict=True
+            ):
+                last[run_id] = max(last.get(run_id, x_last), x_last)
             fig = charts.metric_figure(
                 metric,
-                live.table(),
+                series,
                 x=x,
                 half_life=half_life,
                 log_y=log_y,
@@ -60,12 +66,16 @@ def render(ctx: Context) -> None:
                 x_range=x_range if metric == asked else None,
             )
             st.plotly_chart(fig, key=f"chart-{metric}")
-        last = {r["run_id"]: r["last_step"] for r in storage.list_runs(ctx.store).to_pylist()}
+        # Not list_runs: it scans the whole store, and this runs every few seconds.
         st.caption(
-            "last step: "
-            + ", ".join(f"{run} {last.get(run)}" for run in ctx.selected)
+            f"last {x}: "
+            + ", ".join(f"{run} {_fmt(last.get(run), x)}" for run in ctx.selected)
             + " · ticks along the bottom: weight updates (grey), stale prefix cache (red);"
             " dashed lines: engine config changes; strips or shading: the monitor's findings"
         )
 
     charts_fragment()
+
+
+def _fmt(value: float | None, x: str) -> str:
+    return "-" if value is None else f"{value:.0f}" if x != "time" else f"{value:.1f}"
