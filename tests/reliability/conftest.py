@@ -1,0 +1,53 @@
+"""The reliability suite's figures: what each test survived, printed at the end of the run.
+
+A test asks for the ``figures`` fixture and records what it measured (kills survived, rows lost,
+writers and rows/s held, fuzz cases tried). The terminal summary prints them all, and when
+``$LOGPROBE_FIGURES`` names a file they are also written there as JSON, which is where the README's
+reliability section takes its numbers from.
+
+``LOGPROBE_LONG=1`` (``make reliability-long``) runs the long variants: the full 50 kills, 32 writers
+for 60 s, more fuzz cases. Without it the suite runs its short version, sized for CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+LONG = os.environ.get("LOGPROBE_LONG") == "1"
+_FIGURES: dict[str, dict[str, object]] = {}
+
+
+def scale(short: float, long: float) -> float:
+    """The short (CI) or long (``LOGPROBE_LONG=1``) size of a test."""
+    return long if LONG else short
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """``figures(name, value, ...)``: record one measured figure under this test's name."""
+
+    def record(**values: object) -> None:
+        _FIGURES.setdefault(request.node.name, {}).update(values)
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _FIGURES:
+        return
+    mode = "long" if LONG else "short"
+    terminalreporter.section(f"logprobe reliability figures ({mode} version)")
+    for test, values in sorted(_FIGURES.items()):
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        terminalreporter.write_line(f"{test}: {shown}")
+    if target := os.environ.get("LOGPROBE_FIGURES"):
+        Path(target).write_text(json.dumps({"mode": mode, "figures": _FIGURES}, indent=2, default=str))
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
