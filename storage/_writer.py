@@ -121,6 +121,9 @@ class Writer:
         self._drops_to_record: dict[str, int] = {}
         self._invalid_names: set[tuple[str, str]] = set()
         self._known_runs: set[str] = set()
+        # The latest ``runs`` row of each run, written again if the data root is deleted under us.
+        self._run_rows: dict[str, dict[str, Any]] = {}
+        self._root_made = False
         self._seq = 0
         self._forked = False  # set in a forked child, which must never write the parent's rows
         self._closed = False
@@ -176,6 +179,8 @@ class Writer:
             self._known_runs.add(check_name("run_id", run_id))
         if not self._admit(run_id, 1):
             return
+        if table == "runs":
+            self._run_rows[run_id] = dict(row)
         self._rows.append((table, run_id, dict(row)))
         self._accepted += 1
 
@@ -251,7 +256,8 @@ class Writer:
         """Drain the queues into Arrow tables grouped by (table, run)."""
         batch = [self._metrics.popleft() for _ in range(len(self._metrics))]
         rows = [self._rows.popleft() for _ in range(len(self._rows))]
-        if self._drops_to_record:
+        if self._drops_to_record and self._last_error is None:
+            # Recorded once the store takes writes again, as one event with the total so far.
             drops, self._drops_to_record = self._drops_to_record, {}
             for run_id, count in drops.items():
                 payload = json.dumps({"rows": count, "writer_id": self.writer_id})
@@ -298,6 +304,8 @@ class Writer:
             return pa.Table.from_pylist(good, schema=schema) if good else None
 
     def _write_unwritten(self) -> None:
+        if len(self._unwritten) > 1:
+            self._unwritten = _coalesce(self._unwritten)
         still: list[tuple[str, str, pa.Table]] = []
         for i, (table, run_id, tbl) in enumerate(self._unwritten):
             try:
@@ -318,8 +326,11 @@ class Writer:
         self._unwritten = still
 
     def _write_file(self, table: str, run_id: str, tbl: pa.Table) -> None:
+        if self._root_made and not self.root.is_dir():
+            self._root_lost()
         directory = partition_dir(self.root, table, run_id)
         directory.mkdir(parents=True, exist_ok=True)
+        self._root_made = True
         final = directory / data_file_name(self.writer_id, self._seq)
         self._seq += 1
         tmp = temp_path(final)
@@ -329,6 +340,24 @@ class Writer:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _root_lost(self) -> None:
+        """The data root vanished (deleted mid-run): recreate it, and say so, since what was in it is gone.
+
+        The runs' ``runs`` rows are queued again so the dashboard still knows their names and config.
+        """
+        log.warning(
+            "logprobe: data root %s was deleted while run(s) %s were writing; recreating it "
+            "(files written before are gone, new rows go on being written)",
+            self.root,
+            ", ".join(sorted(self._known_runs)),
+        )
+        self._root_made = False
+        payload = json.dumps({"root": str(self.root)})
+        for run_id, row in self._run_rows.items():
+            self._rows.append(("runs", run_id, dict(row)))
+            self._rows.append(("events", run_id, {"kind": "root_recreated", "payload": payload}))
+            self._accepted += 2
 
     def _note_error(self, exc: BaseException) -> None:
         self._errors += 1
@@ -391,6 +420,18 @@ class Writer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _coalesce(pending: list[tuple[str, str, pa.Table]]) -> list[tuple[str, str, pa.Table]]:
+    """One table per (table, run) out of what piled up while the disk was unwritable.
+
+    Without this, an hour-long outage would come back as one small file per flush interval each.
+    """
+    grouped = _group(pending, lambda entry: (entry[0], entry[1]))
+    return [
+        (table, run_id, pa.concat_tables([e[2] for e in entries], promote_options="default"))
+        for (table, run_id), entries in grouped.items()
+    ]
 
 
 def _group(items: list, key) -> dict:
