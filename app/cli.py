@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,15 +382,18 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
     store = storage.Store(root)
     writer = storage.Writer(root, flush_interval=interval)
     watcher = monitor.AlertWatcher(store, engine, writer)
+    # Ctrl-C or SIGTERM stop the watcher between ticks: raised inside a DuckDB query, the interrupt
+    # would surface as "Query interrupted" with a traceback, and the tick's alerts would be lost.
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     console.print(f"watching {store.root} with {len(engine.rules)} rule(s); Ctrl-C to stop")
     try:
         if once:
             for alert in watcher.tick():
                 show(alert)
         else:
-            watcher.run(interval, on_alert=show)
-    except KeyboardInterrupt:
-        pass
+            watcher.run(interval, until=stopping.is_set, on_alert=show)
     finally:
         engine.close()
         writer.close()

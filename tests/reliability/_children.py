@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 
 import collectors
-from storage import compact
+from storage import LiveSeries, Store, alerts, compact, list_runs, metric_series
 
 
 def log_until_killed(root: str, run_id: str, life: int, flush_interval: float, conn: Connection) -> None:
@@ -56,6 +57,8 @@ def load_writer(
     start = time.perf_counter()
     for step in range(steps):
         metrics = {f"m{j}": float(index * 1_000_000 + step) for j in range(names)}
+        if index == 0:  # the watcher must see this one go bad halfway through, among 31 other writers
+            metrics["mismatch/k3"] = 0.05 if step >= steps // 2 else 0.0
         t0 = time.perf_counter()
         run.log(step, metrics)
         latencies.append(time.perf_counter() - t0)
@@ -66,3 +69,26 @@ def load_writer(
     run.close()
     stats = run.writer.stats()
     conn.send((latencies, elapsed, stats.rows_dropped, stats.write_errors))
+
+
+def dashboard_reader(root: str, run_id: str, stop: Event, conn: Connection) -> None:
+    """What an open dashboard asks of the store, in a loop, until ``stop``: counts queries and errors."""
+    import monitor
+
+    store = Store(root)
+    live = LiveSeries([run_id], ["m0"])
+    rounds, errors, seconds = 0, [], []
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        try:
+            list_runs(store)
+            live.update(store)
+            metric_series(store, [run_id], ["m1", "mismatch/k3"])
+            alerts(store, [run_id])
+            monitor.detect_run(store, run_id)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        seconds.append(time.perf_counter() - t0)
+        rounds += 1
+        time.sleep(0.2)
+    conn.send((rounds, errors, seconds))

@@ -12,8 +12,9 @@ for 60 s, more fuzz cases. Without it the suite runs its short version, sized fo
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,14 @@ def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
         _FIGURES.setdefault(request.node.name, {}).update(values)
 
     return record
+
+
+@pytest.fixture(scope="session")
+def forkserver() -> Iterator[multiprocessing.context.ForkServerContext]:
+    """Child processes forked from a server that has imported ``collectors`` (see ``_children``)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["collectors", "tests.reliability._children"])
+    yield context
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

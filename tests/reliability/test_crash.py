@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,13 +27,6 @@ FLUSH_INTERVAL = 0.2
 LOSS_BOUND_S = FLUSH_INTERVAL + 0.5
 
 
-@pytest.fixture(scope="module")
-def ctx() -> Iterator[multiprocessing.context.ForkServerContext]:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["collectors", "tests.reliability._children"])
-    yield context
-
-
 def _wait_for_temp_file(partition: Path, pid: int, deadline: float) -> bool:
     """Poll until the writer ``pid``'s temp file exists: killing then lands in the middle of a write."""
     mine = f".{pid}.tmp"  # storage._layout.temp_path names temp files after the writing process
@@ -47,7 +39,7 @@ def _wait_for_temp_file(partition: Path, pid: int, deadline: float) -> bool:
     return False
 
 
-def test_fifty_sigkills_into_one_run_lose_nothing_flushed(tmp_path: Path, ctx, figures) -> None:
+def test_fifty_sigkills_into_one_run_lose_nothing_flushed(tmp_path: Path, forkserver, figures) -> None:
     kills = int(scale(50, 200))
     rng = random.Random(9)
     run_id = "crashy"
@@ -55,8 +47,8 @@ def test_fifty_sigkills_into_one_run_lose_nothing_flushed(tmp_path: Path, ctx, f
     lives = []
     mid_write = 0
     for life in range(kills):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
+        parent, child = forkserver.Pipe(duplex=False)
+        proc = forkserver.Process(
             target=_children.log_until_killed, args=(str(tmp_path), run_id, life, FLUSH_INTERVAL, child)
         )
         proc.start()
@@ -178,7 +170,7 @@ def _wait_for_compaction_in(
             return
 
 
-def test_compaction_killed_midway_leaves_every_row_once(tmp_path: Path, ctx, figures) -> None:
+def test_compaction_killed_midway_leaves_every_row_once(tmp_path: Path, forkserver, figures) -> None:
     rounds = int(scale(8, 40))
     runs = 24
     rng = random.Random(3)
@@ -189,7 +181,7 @@ def test_compaction_killed_midway_leaves_every_row_once(tmp_path: Path, ctx, fig
         # file's rename and the deletion of the files it replaces.
         target = tmp_path / "metrics" / f"run_id=run{rng.randrange(runs):02d}"
         before = _compact_files(target)
-        proc = ctx.Process(target=_children.compact_store, args=(str(tmp_path),))
+        proc = forkserver.Process(target=_children.compact_store, args=(str(tmp_path),))
         proc.start()
         _wait_for_compaction_in(target, before, proc)
         if proc.is_alive():
@@ -199,7 +191,7 @@ def test_compaction_killed_midway_leaves_every_row_once(tmp_path: Path, ctx, fig
         # Readers see every row exactly once after each kill; then new files arrive for the next round.
         assert _totals(tmp_path) == expected, f"round {round_}: rows changed after a killed compaction"
         expected = _seed_more(tmp_path, round_)
-    proc = ctx.Process(target=_children.compact_store, args=(str(tmp_path),))
+    proc = forkserver.Process(target=_children.compact_store, args=(str(tmp_path),))
     proc.start()
     proc.join()
     assert proc.exitcode == 0
