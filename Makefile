@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-data
 UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-vllm test lint format bench screenshots clean
+.PHONY: demo demo-vllm test reliability reliability-long lint format bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS
 ## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes)
 test: $(VENV)/.test lint
 	$(BIN)/python -m pytest -q
+
+## reliability: the fault, load, fuzz and security suite alone (its short version, as in make test)
+reliability: $(VENV)/.test
+	$(BIN)/python -m pytest -q tests/reliability
+
+## reliability-long: its long variants (200 kills, 32 writers for 60 s, more fuzz cases), figures to JSON
+reliability-long: $(VENV)/.test
+	LOGPROBE_LONG=1 LOGPROBE_FIGURES=reliability-figures.json $(BIN)/python -m pytest -q tests/reliability
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check .
