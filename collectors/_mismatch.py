@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from collectors._tensors import as_mask, as_tensor, same_shape, segments
+from collectors._tensors import as_mask, as_tensor, real_number, same_shape, segments, whole_number
 
 DEFAULT_EPS = 0.2
 DEFAULT_C = 2.0
@@ -74,26 +74,27 @@ def compute_mismatch(
     ``mismatch/n_nonfinite``. With no valid token, only the two counts are returned (no NaNs).
     ``ratio_std`` is the population standard deviation.
     """
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must be in (0, 1), got {eps}")
-    if not C > 1:
-        raise ValueError(f"C must be > 1, got {C}")
-    trainer = as_tensor("trainer_logprobs", trainer_logprobs, list_dtype=torch.float64)
-    rollout = as_tensor("rollout_logprobs", rollout_logprobs, trainer.device, list_dtype=torch.float64)
+    eps = real_number("eps", eps, low=0.0, high=1.0)
+    C = real_number("C", C, low=1.0)  # noqa: N806
+    top_k = whole_number("top_k", top_k)
+    f64 = torch.float64
+    trainer = as_tensor("trainer_logprobs", trainer_logprobs, list_dtype=f64, allow_bool=False)
+    rollout = as_tensor(
+        "rollout_logprobs", rollout_logprobs, trainer.device, list_dtype=f64, allow_bool=False
+    )
     same_shape("rollout_logprobs", rollout, "trainer_logprobs", trainer)
-    for name, t in (("trainer_logprobs", trainer), ("rollout_logprobs", rollout)):
-        if t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
     valid_in = as_mask(mask, trainer)
     seq, pos, n_seq = segments(trainer.shape, seq_lens, trainer.device)
     ids = None
     if token_ids is not None:
-        ids = as_tensor("token_ids", token_ids, trainer.device, list_dtype=torch.int64)
+        ids = as_tensor("token_ids", token_ids, trainer.device, list_dtype=torch.int64, allow_bool=False)
+        if ids.is_floating_point():
+            # A float id (NaN, 1e30) cannot name a token; it would fail later, far from its cause.
+            raise TypeError(f"token_ids must hold integers, got dtype {ids.dtype}")
         same_shape("token_ids", ids, "trainer_logprobs", trainer)
     if trainer.numel() == 0:
         return MismatchResult({"mismatch/n_tokens": 0.0, "mismatch/n_nonfinite": 0.0})
 
-    f64 = torch.float64
     t = trainer.reshape(-1).to(f64)
     r = rollout.reshape(-1).to(f64)
     m = valid_in.reshape(-1)
@@ -154,7 +155,7 @@ def compute_mismatch(
     edges = torch.tensor(HIST_EDGES, dtype=f64, device=t.device)
     counts = torch.bincount(torch.bucketize(d, edges), weights=v, minlength=len(HIST_EDGES) + 1)
 
-    k = max(0, min(int(top_k), d.numel()))
+    k = max(0, min(top_k, d.numel()))
     worst_key, worst_idx = torch.topk(torch.where(valid, abs_d, -1.0), k)
     worst_cols = [
         worst_key,

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from collectors._tensors import as_mask, as_tensor, same_shape
+from collectors._tensors import as_mask, as_tensor, check_tensor, real_number, same_shape, whole_number
 
 DEFAULT_CLIP_EPS = 0.2
 DEFAULT_ENTROPY_CHUNK = 4096
@@ -39,20 +39,43 @@ def rl_stats(
     - ``reward/mean``, ``reward/std`` (population), ``response/length_mean|min|max`` (from
       ``response_lengths``, else from the mask of ``[B, T]`` tokens).
     """
+    clip_eps = real_number("clip_eps", clip_eps, low=0.0, low_closed=True)
+    if clip_eps_high is not None:
+        clip_eps_high = real_number("clip_eps_high", clip_eps_high, low=0.0, low_closed=True)
+    entropy_chunk = whole_number("entropy_chunk", entropy_chunk)
+    if entropy_chunk < 1:
+        raise ValueError(f"entropy_chunk must be >= 1, got {entropy_chunk}")
     names: list[str] = []
     values: list[torch.Tensor] = []
+    given = {
+        "logprobs": logprobs,
+        "old_logprobs": old_logprobs,
+        "advantages": advantages,
+        "ref_logprobs": ref_logprobs,
+        "logits": logits,
+        "entropy": entropy,
+        "mask": mask,
+        "rewards": rewards,
+        "response_lengths": response_lengths,
+    }
+    for name, value in given.items():
+        if isinstance(value, torch.Tensor):
+            check_tensor(name, value)  # before any other input is moved to its device
     ref = next((x for x in (logprobs, logits, entropy, rewards) if isinstance(x, torch.Tensor)), None)
     device = ref.device if ref is not None else None
     f64 = torch.float64
 
-    lp = as_tensor("logprobs", logprobs, device, list_dtype=f64) if logprobs is not None else None
-    ent = as_tensor("entropy", entropy, device, list_dtype=f64) if entropy is not None else None
-    lg = as_tensor("logits", logits, device, list_dtype=torch.float32) if logits is not None else None
+    def real(name: str, value: Any, list_dtype: torch.dtype, on: torch.device | None) -> torch.Tensor:
+        return as_tensor(name, value, on, list_dtype=list_dtype, allow_bool=False)
+
+    lp = real("logprobs", logprobs, f64, device) if logprobs is not None else None
+    ent = real("entropy", entropy, f64, device) if entropy is not None else None
+    lg = real("logits", logits, torch.float32, device) if logits is not None else None
     # Token-level metrics share one [B, T] (or packed) shape and one mask.
     token_like = lp if lp is not None else ent if ent is not None else None
     if lg is not None:
-        if lg.ndim < 2:
-            raise ValueError(f"logits must be [..., V], got shape {tuple(lg.shape)}")
+        if lg.ndim < 2 or lg.shape[-1] == 0:
+            raise ValueError(f"logits must be [..., V] with V >= 1, got shape {tuple(lg.shape)}")
         if token_like is not None and tuple(lg.shape[:-1]) != tuple(token_like.shape):
             raise ValueError(
                 f"logits has shape {tuple(lg.shape)} but the tokens have shape "
@@ -71,9 +94,9 @@ def rl_stats(
     if lp is not None:
         lp = lp.to(f64)
         if old_logprobs is not None and advantages is not None:
-            old = as_tensor("old_logprobs", old_logprobs, lp.device, list_dtype=f64).to(f64)
+            old = real("old_logprobs", old_logprobs, f64, lp.device).to(f64)
             same_shape("old_logprobs", old, "logprobs", lp)
-            adv = as_tensor("advantages", advantages, lp.device, list_dtype=f64).to(f64)
+            adv = real("advantages", advantages, f64, lp.device).to(f64)
             if adv.shape != lp.shape:
                 if adv.ndim == 1 and lp.ndim == 2 and adv.shape[0] == lp.shape[0]:
                     adv = adv[:, None].expand_as(lp)
@@ -89,7 +112,7 @@ def rl_stats(
             names += ["train/clip_frac", "train/ppo_kl"]
             values += [masked_mean((clipped > unclipped).to(f64)), masked_mean(old - lp)]
         if ref_logprobs is not None:
-            ref_lp = as_tensor("ref_logprobs", ref_logprobs, lp.device, list_dtype=f64).to(f64)
+            ref_lp = real("ref_logprobs", ref_logprobs, f64, lp.device).to(f64)
             same_shape("ref_logprobs", ref_lp, "logprobs", lp)
             diff = ref_lp - lp
             names.append("train/kl_ref")
@@ -134,6 +157,7 @@ def rl_stats(
 
 def token_entropy(logits: torch.Tensor, chunk: int = DEFAULT_ENTROPY_CHUNK) -> torch.Tensor:
     """Per-token entropy of softmax(logits) over the last axis, ``chunk`` rows at a time in float32."""
+    chunk = whole_number("entropy_chunk", chunk)
     if chunk < 1:
         raise ValueError(f"entropy_chunk must be >= 1, got {chunk}")
     flat = logits.reshape(-1, logits.shape[-1])

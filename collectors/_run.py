@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import socket
 import subprocess
 import time
@@ -14,7 +17,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import pyarrow as pa
+
 from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, compute_mismatch
+from collectors._tensors import real_number
 from storage import SCHEMAS, Writer, check_name
 
 log = logging.getLogger(__name__)
@@ -27,6 +33,9 @@ _ENGINE_COLUMNS = {f.name for f in SCHEMAS["engines"]} - {
     "flags",
     "fingerprint",
 }
+# Steps and versions are int64 columns: a bigger int would fail the whole batch at flush time.
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 
 
 class Run:
@@ -43,9 +52,7 @@ class Run:
     ) -> None:
         self.writer = writer
         self.run_id = check_name("run_id", run_id)
-        self.source = source
-        self.rank = int(rank)
-        self.worker = worker
+        self.source, self.rank, self.worker = _origin(source, rank, worker)
         self._closed = False
         self._owns_writer = True
         self.alerts: Any = None  # a monitor.AlertEngine, evaluated on every log()
@@ -59,9 +66,11 @@ class Run:
         Values may be Python, numpy or torch scalars. A value that is not one number is skipped,
         counted (``writer.stats().values_invalid``) and recorded once as an ``invalid_metric`` event.
         """
-        if type(step) is not int:
+        if type(step) is not int or not _I64_MIN <= step <= _I64_MAX:
             step = _as_int("step", step)
-        if policy_version is not None and type(policy_version) is not int:
+        if policy_version is not None and (
+            type(policy_version) is not int or not _I64_MIN <= policy_version <= _I64_MAX
+        ):
             policy_version = _as_int("policy_version", policy_version)
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a dict of name -> number, got {type(metrics).__name__}")
@@ -117,6 +126,8 @@ class Run:
         malformed input, before anything is logged.
         """
         step = _as_int("step", step)
+        if policy_version is not None:
+            policy_version = _as_int("policy_version", policy_version)
         result = compute_mismatch(
             trainer_logprobs,
             rollout_logprobs,
@@ -151,7 +162,8 @@ class Run:
     def event(self, kind: str, step: int | None = None, **payload: Any) -> None:
         """Record something that happened (``weight_update``, ``config_change``, ...) with a JSON payload."""
         if not isinstance(kind, str) or not kind:
-            raise TypeError(f"event kind must be a non-empty str, got {kind!r}")
+            raise TypeError(f"event kind must be a non-empty str, got {_short(kind)}")
+        _text("event kind", kind)
         self.writer.append(
             "events",
             self.run_id,
@@ -174,13 +186,16 @@ class Run:
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"engine config must be a dict, got {type(config).__name__}")
+        given = config.get("fingerprint")
+        if given is not None and not isinstance(given, str):
+            raise TypeError(f"engine config field 'fingerprint' must be a str, got {_short(given)}")
+        _text("engine config field 'fingerprint'", given)
         plain = json.loads(to_json(dict(config)))
         flags = plain.pop("flags", None) or plain
-        fingerprint = (
-            plain.get("fingerprint")
-            or hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
-        )
+        fingerprint = given or hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
         row = {k: v for k, v in plain.items() if k in _ENGINE_COLUMNS}
+        for column, value in row.items():
+            _check_engine_value(column, value)  # a wrong type would silently drop the whole row
         row.update(
             step_first=None if step is None else _as_int("step", step),
             source=self.source,
@@ -251,21 +266,27 @@ def init(
     rules are evaluated on every ``log`` and alerts land in the ``alerts`` table. With
     ``on_alert="raise"`` a firing alert raises :class:`AlertFiredError` to stop a run gone off the rails.
     """
-    if on_alert not in ("log", "raise"):
-        raise ValueError(f"on_alert must be 'log' or 'raise', got {on_alert!r}")
+    # Everything is checked before the writer exists: a rejected argument must not leave a
+    # background thread behind, nor a half-written run.
+    if not isinstance(on_alert, str) or on_alert not in ("log", "raise"):
+        raise ValueError(f"on_alert must be 'log' or 'raise', got {_short(on_alert)}")
+    if root is not None and not isinstance(root, str | os.PathLike):
+        raise TypeError(f"root must be a path, got {type(root).__name__}")
     run_id = check_name("run_id", run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    name = _text("name", name)
+    project = _text("project", project)
+    source, rank, worker = _origin(source, rank, worker)
+    flush_interval = real_number("flush_interval", flush_interval, low=0.0)
+    if tags is not None:
+        if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
+            raise TypeError(f"tags must be a list of str, got {_short(tags)}")
+        tags = [_text("tags", t) for t in tags]
+    config_json = to_json(config) if config is not None else None
+    engine = _alert_engine(alerts)
     writer = Writer(root, flush_interval=flush_interval)
     run = Run(writer, run_id, source=source, rank=rank, worker=worker)
-    if alerts is not None and alerts is not False:
-        # The rule engine is pure Python shared with the store watcher; imported only when asked for.
-        import monitor
-
-        if alerts is True:
-            run.alerts = monitor.AlertEngine()
-        elif isinstance(alerts, monitor.AlertEngine):
-            run.alerts = alerts
-        else:
-            run.alerts = monitor.AlertEngine.from_file(alerts)
+    if engine is not None:
+        run.alerts = engine
         run.on_alert = on_alert
     from collectors import __version__
 
@@ -279,11 +300,11 @@ def init(
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "git_sha": _git_sha(),
-            "tags": list(tags) if tags else None,
-            "config": to_json(config) if config is not None else None,
+            "tags": tags or None,
+            "config": config_json,
             "logprobe_version": __version__,
             "source": source,
-            "rank": int(rank),
+            "rank": rank,
             "worker": worker,
         },
     )
@@ -296,25 +317,149 @@ class AlertFiredError(RuntimeError):
 
 
 def to_json(value: Any) -> str:
-    """JSON for user objects that may not be JSON (dataclasses, HF configs, Namespaces, tensors)."""
-    return json.dumps(value, default=_jsonable, sort_keys=True, allow_nan=True)
+    """Standard JSON for user objects that may not be JSON (dataclasses, HF configs, Namespaces,
+    tensors, sets, circular or very deep structures); never raises.
+
+    What JSON cannot hold is recorded rather than refused, because a config that does not
+    serialise must not stop a run from starting: NaN/Infinity become the strings ``"NaN"``,
+    ``"Infinity"``, ``"-Infinity"`` (DuckDB's JSON functions reject the bare tokens), keys become
+    strings, a cycle becomes ``"<circular reference>"`` and anything else its ``repr``.
+    """
+    return json.dumps(_plain(value, 0, set()), sort_keys=True, allow_nan=False)
 
 
-def _jsonable(value: Any) -> Any:
+_MAX_DEPTH = 64
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def _plain(value: Any, depth: int, active: set[int]) -> Any:
+    """``value`` as JSON-able data; ``active`` holds the ids of the containers being converted."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return _valid_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
+    if depth >= _MAX_DEPTH:
+        return "<nested too deep>"
+    if id(value) in active:
+        return "<circular reference>"
+    active.add(id(value))
+    try:
+        return _plain_container(value, depth + 1, active)
+    finally:
+        active.discard(id(value))
+
+
+def _plain_container(value: Any, depth: int, active: set[int]) -> Any:
+    if isinstance(value, Mapping):
+        return {_plain_key(k): _plain(v, depth, active) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, depth, active) for v in value]
+    if isinstance(value, set | frozenset):
+        items = [_plain(v, depth, active) for v in value]
+        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
+    if isinstance(value, enum.Enum):
+        return value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        out = {}
+        for f in dataclasses.fields(value):
+            try:
+                out[f.name] = _plain(getattr(value, f.name), depth, active)
+            except Exception as exc:  # a property that raises must not lose the other fields
+                out[f.name] = f"<unreadable: {type(exc).__name__}>"
+        return out
     for method in ("to_dict", "model_dump", "tolist"):
         fn = getattr(value, method, None)
         if callable(fn):
             try:
-                return fn()
+                converted = fn()
             except Exception:  # a broken to_dict must not stop the run from starting
                 break
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
+            return _plain(converted, depth, active)
     if hasattr(value, "__dict__") and type(value).__module__ == "argparse":
-        return vars(value)
-    return repr(value)
+        return _plain(vars(value), depth, active)
+    return _valid_text(_short(value, 2000))
+
+
+def _plain_key(key: Any) -> str:
+    if isinstance(key, str):
+        return _valid_text(key)
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)  # JSON's own spelling: null, true, 1, 1.5, NaN
+    return _valid_text(_short(key, 2000))
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates replaced, so it can be written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _text(name: str, value: Any) -> Any:
+    """``value`` if it is None or a str that can be written as UTF-8, else an error naming ``name``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {_short(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{name} is not valid text: lone surrogate at position {exc.start}") from None
+    return value
+
+
+def _origin(source: Any, rank: Any, worker: Any) -> tuple[str, int, str | None]:
+    """The columns every row carries, checked once here rather than failing every flush later."""
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"source must be a non-empty str, got {_short(source)}")
+    _text("source", source)
+    rank = _as_int("rank", rank)
+    if not _I32_MIN <= rank <= _I32_MAX:
+        raise ValueError(f"rank must fit in a 32-bit integer, got {rank}")
+    return source, rank, _text("worker", worker)
+
+
+def _alert_engine(alerts: Any) -> Any:
+    if alerts is None or alerts is False:
+        return None
+    # The rule engine is pure Python shared with the store watcher; imported only when asked for.
+    import monitor
+
+    if alerts is True:
+        return monitor.AlertEngine()
+    if isinstance(alerts, monitor.AlertEngine):
+        return alerts
+    if not isinstance(alerts, str | os.PathLike):
+        raise TypeError(
+            f"alerts must be True, a rule file path or a monitor.AlertEngine, got {type(alerts).__name__}"
+        )
+    return monitor.AlertEngine.from_file(alerts)
+
+
+_ENGINE_TYPES = {f.name: f.type for f in SCHEMAS["engines"]}
+
+
+def _check_engine_value(column: str, value: Any) -> None:
+    if value is None:
+        return
+    kind = _ENGINE_TYPES[column]
+    where = f"engine config field {column!r}"
+    if pa.types.is_string(kind):
+        ok = isinstance(value, str)
+    elif pa.types.is_boolean(kind):
+        ok = isinstance(value, bool)
+    elif pa.types.is_integer(kind):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and not -(2 ** (kind.bit_width - 1)) <= value < 2 ** (kind.bit_width - 1):
+            raise ValueError(f"{where} must fit in a {kind.bit_width}-bit integer, got {value}")
+    else:
+        ok = True
+    if not ok:
+        raise TypeError(f"{where} must be {kind}, got {type(value).__name__} {_short(value)}")
 
 
 def _as_int(name: str, value: Any) -> int:
@@ -322,20 +467,37 @@ def _as_int(name: str, value: Any) -> int:
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         as_int = int(value)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from exc
-    if as_int != value:
-        raise TypeError(f"{name} must be an integer, got {value!r}")
+        exact = as_int == value
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {_short(value)}") from exc
+    if not exact:
+        raise TypeError(f"{name} must be an integer, got {_short(value)}")
+    if not _I64_MIN <= as_int <= _I64_MAX:
+        raise ValueError(f"{name} must fit in a signed 64-bit integer, got {as_int}")
     return as_int
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """A bounded repr for messages and records (a user's value may be a 10 MB string)."""
+    try:
+        text = _ADDRESS.sub("", repr(value))
+    except Exception:  # a broken __repr__ must not replace the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _decode(tokenizer: Any, token_id: int | None) -> str | None:
     if tokenizer is None or token_id is None:
         return None
     try:
-        return tokenizer.decode([token_id])
+        text = tokenizer.decode([token_id])
     except Exception:  # a tokenizer that cannot decode one id must not lose the row
         return None
+    # Anything but text would make the writer drop the whole tokens row.
+    return _valid_text(text) if isinstance(text, str) else None
 
 
 def _git_sha() -> str | None:

@@ -1,29 +1,60 @@
-"""Turning user input (tensors, arrays, lists) into validated torch tensors on one device."""
+"""Turning user input (tensors, arrays, lists) into validated torch tensors on one device.
+
+Every check here names the argument it rejects, so a trainer that passes the wrong thing learns
+which one from the message alone; nothing lets a torch error (NotImplementedError for a meta
+tensor, IndexError for an empty axis) escape with another argument's name or none at all.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 
 def as_tensor(
-    name: str, value: Any, device: torch.device | None = None, list_dtype: torch.dtype | None = None
+    name: str,
+    value: Any,
+    device: torch.device | None = None,
+    list_dtype: torch.dtype | None = None,
+    *,
+    allow_bool: bool = True,
 ) -> torch.Tensor:
-    """``value`` as a tensor on ``device``; a clear TypeError if it is not array-like.
+    """``value`` as a tensor on ``device``; a TypeError/ValueError naming ``name`` if it cannot be.
 
     Tensors and arrays keep their dtype; plain lists take ``list_dtype`` when given (torch would
-    otherwise make float lists float32 and an empty list float32 too).
+    otherwise make float lists float32 and an empty list float32 too). Complex values are refused
+    (no statistic here has a complex form), and so are bools unless ``allow_bool``.
     """
     if isinstance(value, torch.Tensor):
-        return value if device is None or value.device == device else value.to(device)
-    dtype = list_dtype if isinstance(value, list | tuple) else None
-    try:
-        return torch.as_tensor(value, dtype=dtype, device=device)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(
-            f"{name} must be a tensor, array or nested list of numbers, got {type(value).__name__}: {exc}"
-        ) from exc
+        check_tensor(name, value)
+        if device is not None and value.device != device:
+            try:
+                value = value.to(device)
+            except RuntimeError as exc:  # NotImplementedError included
+                moved = f"{name} is on {value.device} and cannot be moved to {device}"
+                raise ValueError(f"{moved}: {exc}") from exc
+        tensor = value
+    else:
+        dtype = list_dtype if isinstance(value, list | tuple) else None
+        try:
+            tensor = torch.as_tensor(value, dtype=dtype, device=device)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise TypeError(
+                f"{name} must be a tensor, array or nested list of numbers, got {type(value).__name__}: {exc}"
+            ) from exc
+    if tensor.is_complex() or (tensor.dtype == torch.bool and not allow_bool):
+        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    return tensor
+
+
+def check_tensor(name: str, value: torch.Tensor) -> None:
+    """A tensor whose values can be read: dense and not on the ``meta`` device (which holds none)."""
+    if value.is_meta:
+        raise ValueError(f"{name} is on the meta device, which holds no values; pass a tensor with data")
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}")
 
 
 def same_shape(name: str, value: torch.Tensor, ref_name: str, ref: torch.Tensor) -> None:
@@ -42,6 +73,41 @@ def as_mask(mask: Any, like: torch.Tensor, name: str = "mask") -> torch.Tensor:
     return mask_t if mask_t.dtype == torch.bool else mask_t != 0
 
 
+def real_number(
+    name: str, value: Any, *, low: float | None = None, high: float | None = None, low_closed: bool = False
+) -> float:
+    """``value`` as a finite float above ``low`` (or equal, with ``low_closed``) and below ``high``,
+    else an error naming it."""
+    if isinstance(value, bool) or not hasattr(value, "__float__"):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_short(value)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_short(value)}") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {number}")
+    above_low = low is None or number > low or (low_closed and number == low)
+    if not above_low or (high is not None and not number < high):
+        opening = "[" if low_closed else "("
+        bounds = f"{opening}{'-inf' if low is None else low}, {'inf' if high is None else high})"
+        raise ValueError(f"{name} must be in {bounds}, got {number}")
+    return number
+
+
+def whole_number(name: str, value: Any) -> int:
+    """``value`` as an int (ints, integral floats, numpy/torch integer scalars), else an error naming it."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        as_int = int(value)
+        exact = as_int == value
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {_short(value)}") from exc
+    if not exact:
+        raise TypeError(f"{name} must be an integer, got {_short(value)}")
+    return as_int
+
+
 def segments(
     shape: torch.Size, seq_lens: Any, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -57,21 +123,34 @@ def segments(
         return flat // max(width, 1), flat % max(width, 1), batch
     if len(shape) != 1:
         raise ValueError(
-            f"logprobs must be padded [B, T] or packed 1-D, got {len(shape)} dimensions {tuple(shape)}"
+            "trainer_logprobs and rollout_logprobs must be padded [B, T] or packed 1-D, "
+            f"got {len(shape)} dimensions {tuple(shape)}"
         )
     total = shape[0]
     if seq_lens is None:
         lens = torch.tensor([total], device=device)
     else:
         lens = as_tensor("seq_lens", seq_lens, device, list_dtype=torch.int64)
-        if lens.ndim != 1 or lens.is_floating_point() or lens.is_complex():
+        if lens.ndim != 1 or lens.is_floating_point():
             raise ValueError(f"seq_lens must be a 1-D integer tensor, got {lens.dtype} {tuple(lens.shape)}")
         lens = lens.to(torch.int64)
-        total_lens = int(lens.sum()) if lens.numel() else 0  # a host sync, only for packed input
-        if total_lens != total or bool((lens < 0).any()):
+        # Host syncs, only for packed input. Each length is bounded first, so the sum cannot wrap.
+        out_of_range = bool(((lens < 0) | (lens > total)).any()) if lens.numel() else False
+        total_lens = int(lens.sum()) if lens.numel() and not out_of_range else 0
+        if out_of_range or total_lens != total:
+            shown = "out-of-range lengths" if out_of_range else f"sum {total_lens}"
             raise ValueError(
-                f"seq_lens must be non-negative and sum to the packed length {total}, got sum {total_lens}"
+                f"seq_lens must be non-negative and sum to the packed length {total}, got {shown}"
             )
     seq = torch.repeat_interleave(torch.arange(lens.numel(), device=device), lens)
     starts = torch.cumsum(lens, 0) - lens
     return seq, torch.arange(total, device=device) - starts[seq], int(lens.numel())
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for error messages (a user's value may be a 10 MB string)."""
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not replace the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -5,6 +5,11 @@ A file enters the catalog only if its footer reads: a truncated or foreign file 
 are cached by (path, size, mtime) since committed files never change, which keeps a live refresh to
 one directory listing plus the footers of new files.
 
+A footer must also pass DuckDB's own footer reader and match the table's column types: pyarrow
+accepts some damaged footers that DuckDB refuses (which would fail every view over the table) or
+that abort the process when their row-group statistics are read (so ranges are read through DuckDB),
+and a file whose ``step`` is strings would turn the whole column into VARCHAR for every run.
+
 Compaction writes a merged file whose footer names the files it replaces (``logprobe.supersedes``);
 the catalog hides those, so a reader never counts a row twice, even if compaction died before it
 could delete the originals.
@@ -17,10 +22,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage._layout import SUFFIX, TMP_PREFIX
-from storage._schema import TABLES
+from storage._schema import SCHEMAS, TABLES
 
 SUPERSEDES_KEY = b"logprobe.supersedes"
 
@@ -52,6 +59,7 @@ class Catalog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._footers: dict[Path, tuple[int, int, FileInfo | str]] = {}
+        self._con: duckdb.DuckDBPyConnection | None = None  # for footers, opened on first use
 
     def scan(self, tables: tuple[str, ...] = TABLES, run_ids: set[str] | None = None) -> Snapshot:
         snap = Snapshot()
@@ -78,7 +86,7 @@ class Catalog:
         return files, snap.bad_files
 
     def _partition_files(self, partition: Path, snap: Snapshot, seen: set[Path]) -> list[FileInfo]:
-        infos: list[FileInfo] = []
+        entries: list[tuple[Path, int, int]] = []
         for entry in _scandir(partition):
             name = entry.name
             if name.startswith(TMP_PREFIX) or not name.endswith(SUFFIX):
@@ -89,7 +97,15 @@ class Catalog:
                 continue  # removed by a compaction between listing and stat
             path = Path(entry.path)
             seen.add(path)
-            info = self._footer(path, st.st_size, st.st_mtime_ns)
+            entries.append((path, st.st_size, st.st_mtime_ns))
+        new = [e for e in entries if not self._cached(*e)]
+        if new:
+            self._read_footers(partition.parent.name, new)
+        infos: list[FileInfo] = []
+        for path, _, _ in entries:
+            if (cached := self._footers.get(path)) is None:
+                continue  # vanished while its footer was read
+            info = cached[2]
             if isinstance(info, str):
                 snap.bad_files[path] = info
             else:
@@ -97,50 +113,119 @@ class Catalog:
         hidden = {name for info in infos for name in info.supersedes}
         return [info for info in infos if info.path.name not in hidden]
 
-    def _footer(self, path: Path, size: int, mtime_ns: int) -> FileInfo | str:
+    def set_bad(self, path: Path, reason: str) -> None:
+        """Keep ``path`` out from now on (a reader found its data damaged), until the file changes."""
+        if (cached := self._footers.get(path)) is not None:
+            self._footers[path] = (cached[0], cached[1], reason)
+
+    def _cached(self, path: Path, size: int, mtime_ns: int) -> bool:
         cached = self._footers.get(path)
-        if cached and cached[0] == size and cached[1] == mtime_ns:
-            return cached[2]
+        return cached is not None and cached[0] == size and cached[1] == mtime_ns
+
+    def _read_footers(self, table: str, files: list[tuple[Path, int, int]]) -> None:
+        """Read and check the footers of ``files`` (new to the cache), one DuckDB query for all."""
+        checked: list[tuple[Path, int, int, pq.FileMetaData]] = []
+        for path, size, mtime_ns in files:
+            try:
+                meta = pq.read_metadata(path)
+                problem = _type_problem(table, meta.schema.to_arrow_schema())
+            except FileNotFoundError:
+                continue  # vanished (compacted away): not cached, not listed
+            except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for damaged files
+                problem = f"unreadable Parquet footer: {exc}"
+            if problem:
+                self._footers[path] = (size, mtime_ns, problem)
+            else:
+                checked.append((path, size, mtime_ns, meta))
+        if not checked:
+            return
         try:
-            meta = pq.read_metadata(path)
+            ranges = self._ranges([c[0] for c in checked])
+        except duckdb.Error:
+            # One of them is damaged in a way only DuckDB notices: find which, one file at a time.
+            ranges = {}
+            for path, size, mtime_ns, _ in checked:
+                try:
+                    ranges.update(self._ranges([path]))
+                except duckdb.Error as exc:
+                    self._footers[path] = (size, mtime_ns, f"unreadable Parquet footer: {exc}")
+        for path, size, mtime_ns, meta in checked:
+            if path not in ranges:
+                continue
             extra = meta.metadata or {}
-            supersedes = tuple(json.loads(extra[SUPERSEDES_KEY])) if SUPERSEDES_KEY in extra else ()
-            ranges = _column_ranges(meta)
-            result: FileInfo | str = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes, ranges)
-        except FileNotFoundError:
-            return "file vanished while reading"
-        except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for damaged files
-            result = f"unreadable Parquet footer: {exc}"
-        self._footers[path] = (size, mtime_ns, result)
-        return result
+            try:
+                supersedes = tuple(json.loads(extra[SUPERSEDES_KEY])) if SUPERSEDES_KEY in extra else ()
+            except ValueError as exc:
+                self._footers[path] = (size, mtime_ns, f"unreadable {SUPERSEDES_KEY.decode()}: {exc}")
+                continue
+            info = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes, ranges[path])
+            self._footers[path] = (size, mtime_ns, info)
+
+    def _ranges(self, paths: list[Path]) -> dict[Path, dict[str, tuple[float, float]]]:
+        """min and max of the x-axis columns per file, from row-group statistics (read by DuckDB)."""
+        if self._con is None:
+            self._con = duckdb.connect()
+            self._con.execute("SET TimeZone = 'UTC'")
+        rows = self._con.sql(_RANGES_SQL, params=[[str(p) for p in paths], list(RANGE_COLUMNS)]).fetchall()
+        out: dict[Path, dict[str, tuple[float, float]]] = {path: {} for path in paths}
+        for file_name, column, lo, hi in rows:
+            if lo is not None and hi is not None:
+                out[Path(file_name)][column] = (lo, hi)
+        return out
+
+
+def _type_problem(table: str, schema: pa.Schema) -> str | None:
+    """Why a file cannot join ``table``'s view (a column of another kind), or None."""
+    expected = SCHEMAS.get(table)
+    if expected is None:
+        return None
+    if "run_id" in schema.names:
+        return "has a run_id column; a run's id lives in its partition directory (run_id=...)"
+    for column in schema:
+        if column.name in expected.names:
+            want = expected.field(column.name).type
+            if not _same_kind(column.type, want):
+                return f"column {column.name!r} is {column.type}, the {table} table stores {want}"
+    return None
+
+
+_KINDS = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_timestamp,
+    pa.types.is_boolean,
+    lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+)
+
+
+def _same_kind(actual: pa.DataType, want: pa.DataType) -> bool:
+    """Types DuckDB unions without turning the column into something else (int32 and int64, ...)."""
+    if actual == want:
+        return True
+    if pa.types.is_list(want):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and _same_kind(
+            actual.value_type, want.value_type
+        )
+    return any(kind(actual) and kind(want) for kind in _KINDS)
 
 
 RANGE_COLUMNS = ("step", "policy_version", "ts")
 
 
-def _column_ranges(meta: pq.FileMetaData) -> dict[str, tuple[float, float]]:
-    names = meta.schema.names
-    out: dict[str, tuple[float, float]] = {}
-    for column in RANGE_COLUMNS:
-        if column not in names:
-            continue
-        j = names.index(column)
-        lo = hi = None
-        for i in range(meta.num_row_groups):
-            stats = meta.row_group(i).column(j).statistics
-            if stats is None or not stats.has_min_max:
-                break  # a row group without statistics: no range for this column
-            a, b = _number(stats.min), _number(stats.max)
-            lo = a if lo is None else min(lo, a)
-            hi = b if hi is None else max(hi, b)
-        else:
-            if lo is not None:
-                out[column] = (lo, hi)
-    return out
-
-
-def _number(value: object) -> float:
-    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+# A column's range over a file, only when every row group has statistics for it. Timestamps come
+# back as text ("2026-11-25 00:50:48.054105+00"), hence the TIMESTAMPTZ cast before epoch().
+_RANGES_SQL = """
+SELECT file_name, path_in_schema,
+       CASE WHEN count(*) = count(stats_min_value) AND count(*) = count(stats_max_value) THEN
+           min(coalesce(TRY_CAST(stats_min_value AS DOUBLE), epoch(TRY_CAST(stats_min_value AS TIMESTAMPTZ))))
+       END,
+       CASE WHEN count(*) = count(stats_min_value) AND count(*) = count(stats_max_value) THEN
+           max(coalesce(TRY_CAST(stats_max_value AS DOUBLE), epoch(TRY_CAST(stats_max_value AS TIMESTAMPTZ))))
+       END
+FROM parquet_metadata(?)
+WHERE path_in_schema IN (SELECT unnest(?))
+GROUP BY ALL
+"""
 
 
 def _listdir(directory: Path) -> list[Path]:

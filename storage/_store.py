@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ class Store:
         self.bad_files: dict[Path, str] = {}
         self._catalog = Catalog(self.root)
         self._view_files: dict[str, list[str] | None] = {}
+        self._verified: set[str] = set()  # files read in full without error (see _set_aside_damaged)
         self._snapshot = None
         self.con.execute(f"CREATE SCHEMA {INTERNAL_SCHEMA}")
         for table in TABLES:
@@ -119,7 +122,8 @@ class Store:
         query over the view took 130 ms, over the run's own files 5.5 ms (bench/scale.py). A
         compaction that replaces the files mid-query triggers one refresh and a rebuilt retry.
         """
-        for attempt in (0, 1):
+
+        def attempt() -> pa.Table:
             partition = f"run_id={run_id}"
             paths = [p for p in self.files(table) if Path(p).parent.name == partition]
             empty = f"{INTERNAL_SCHEMA}.empty_{table}"
@@ -128,22 +132,54 @@ class Store:
                 if paths
                 else empty
             )
-            try:
-                return self.con.sql(query.format(source=source), params=params).to_arrow_table()
-            except duckdb.IOException:
-                if attempt or not self.refresh():
-                    raise
-        raise AssertionError("unreachable")
+            return self.con.sql(query.format(source=source), params=params).to_arrow_table()
+
+        return self._with_retry(attempt, (table,))
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Run ``query`` and return the result as a pyarrow Table."""
+        tables = tuple(t for t in TABLES if re.search(rf"\b{t}\b", query)) or TABLES
+        return self._with_retry(lambda: self.con.sql(query, params=params).to_arrow_table(), tables)
+
+    def _with_retry(self, attempt: Callable[[], pa.Table], tables: tuple[str, ...]) -> pa.Table:
+        """Run ``attempt``; retry once if files moved under it or a damaged file was found and set aside.
+
+        A compaction may replace files mid-query (an IOException: refresh and retry). A file whose
+        footer is fine but whose data pages are damaged fails the query with a bare ``duckdb.Error``
+        that names no file ("TProtocolException: Invalid data"): each file of the tables involved is
+        then read in full once, the damaged ones join ``bad_files``, and the query runs without them.
+        """
         try:
-            return self.con.sql(query, params=params).to_arrow_table()
-        except duckdb.IOException:
-            # A compaction may have replaced files under us: retry once if the file set moved.
-            if not self.refresh():
+            return attempt()
+        except duckdb.Error as exc:
+            if isinstance(exc, duckdb.IOException):
+                moved = self.refresh()
+                if not moved and not self._set_aside_damaged(tables):
+                    raise
+            elif type(exc) is duckdb.Error or isinstance(exc, duckdb.InvalidInputException):
+                if not self._set_aside_damaged(tables):
+                    raise
+            else:
                 raise
-            return self.con.sql(query, params=params).to_arrow_table()
+            return attempt()
+
+    def _set_aside_damaged(self, tables: tuple[str, ...]) -> bool:
+        """Read every not-yet-verified file of ``tables`` in full; True if any was damaged."""
+        damaged = False
+        for table in tables:
+            for path in self.files(table):
+                if path in self._verified:
+                    continue
+                try:
+                    self.con.sql(f"SELECT * FROM {self.source([path])}").to_arrow_table()
+                except duckdb.Error as exc:
+                    self._catalog.set_bad(Path(path), f"damaged data in the file: {exc}")
+                    damaged = True
+                else:
+                    self._verified.add(path)
+        if damaged:
+            self.refresh()
+        return damaged
 
     def read_only_query(self, query: str) -> pa.Table:
         """Run one read-only statement (the SQL console's contract)."""

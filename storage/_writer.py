@@ -63,8 +63,13 @@ class WriterStats:
 
 def _scalar(value: Any) -> float | None:
     """A Python float for anything that is one number (numpy/torch scalars, 1-element tensors)."""
+    if isinstance(value, np.complexfloating):
+        return None  # float() would keep the real part with only a ComplexWarning
     if isinstance(value, bool | int | float | np.number):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float range
+            return None
     item = getattr(value, "item", None)
     if item is not None and getattr(value, "numel", lambda: getattr(value, "size", 0))() == 1:
         try:
@@ -157,9 +162,10 @@ class Writer:
         if run_id not in self._known_runs:
             self._known_runs.add(check_name("run_id", run_id))
         clean = dict(metrics)
+        MAX = MAX_NAME_LENGTH  # noqa: N806 (a local: this loop runs for every metric logged)
         for name, value in clean.items():
             kind = type(value)
-            if (kind is not float and kind is not int) or type(name) is not str:
+            if (kind is not float and kind is not int) or type(name) is not str or not 0 < len(name) <= MAX:
                 clean = self._clean_metrics(run_id, clean)
                 break
         n = len(clean)
@@ -255,6 +261,13 @@ class Writer:
     def _collect(self) -> None:
         """Drain the queues into Arrow tables grouped by (table, run)."""
         batch = [self._metrics.popleft() for _ in range(len(self._metrics))]
+        for key, entries in _group(batch, lambda e: (e[0], e[4], e[5], e[6])).items():
+            try:
+                table = _metrics_table(entries)
+            except (OverflowError, ValueError, TypeError, UnicodeError, pa.ArrowException):
+                table = _metrics_table([self._writable(e) for e in entries])
+            self._unwritten.append(("metrics", key[0], table))
+        # After the metrics: _writable may have queued invalid_metric events, written in this flush.
         rows = [self._rows.popleft() for _ in range(len(self._rows))]
         if self._drops_to_record and self._last_error is None:
             # Recorded once the store takes writes again, as one event with the total so far.
@@ -263,12 +276,26 @@ class Writer:
                 payload = json.dumps({"rows": count, "writer_id": self.writer_id})
                 rows.append(("events", run_id, {"kind": "dropped_rows", "payload": payload}))
                 self._accepted += 1
-        for key, entries in _group(batch, lambda e: (e[0], e[4], e[5], e[6])).items():
-            self._unwritten.append(("metrics", key[0], _metrics_table(entries)))
         for (table, run_id), group in _group(rows, lambda r: (r[0], r[1])).items():
             tbl = self._rows_table(table, run_id, [r[2] for r in group])
             if tbl is not None:
                 self._unwritten.append((table, run_id, tbl))
+
+    def _writable(self, entry: tuple) -> tuple:
+        """``entry`` without the values that cannot be stored (ints beyond float range, names that are
+        not valid UTF-8), each counted and recorded like any invalid value, so the rest of its batch
+        is written. Only runs when building the batch failed, so the hot path never pays for it."""
+        clean: dict[str, float] = {}
+        for name, value in entry[7].items():
+            try:
+                name.encode("utf-8")
+                clean[name] = float(value)
+            except UnicodeEncodeError:
+                self._invalid_value(entry[0], repr(name)[:200], "metric name is not valid UTF-8")
+            except (OverflowError, TypeError, ValueError):
+                self._invalid_value(entry[0], name, f"value {value!r:.50} does not fit a float64")
+        self._settled += len(entry[7]) - len(clean)
+        return (*entry[:7], clean)
 
     def _rows_table(self, table: str, run_id: str, rows: list[dict[str, Any]]) -> pa.Table | None:
         schema = SCHEMAS[table]

@@ -106,9 +106,21 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
 
 def fingerprint(flags: dict[str, Any]) -> str:
     """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths
-    (``storage.VOLATILE_ENGINE_FLAGS``)."""
-    stable = {k: v for k, v in flatten_flags(flags).items() if not VOLATILE_ENGINE_FLAGS.search(k)}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    (``storage.VOLATILE_ENGINE_FLAGS``).
+
+    Values go through :func:`to_plain` (bounded depth, so a list that contains itself is fine), not
+    ``str``: ``str`` of a set follows the process's hash seed and ``str`` of an object carries its
+    address, so the same settings would hash differently in two processes.
+    """
+    if not isinstance(flags, dict):
+        raise TypeError(f"flags must be a dict, got {type(flags).__name__}")
+    try:
+        flat = flatten_flags(flags)
+    except RecursionError:
+        raise ValueError("flags nest too deeply (or contain themselves) to fingerprint") from None
+    stable = {k: to_plain(v) for k, v in flat.items() if not VOLATILE_ENGINE_FLAGS.search(k)}
+    text = json.dumps(stable, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def vllm_version() -> tuple[str | None, str | None]:
@@ -225,4 +237,8 @@ def _dist_version(name: str) -> str | None:
 
 
 def _repr(value: Any) -> str:
-    return _ADDRESS.sub("", repr(value))[:2000]
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not lose the rest of the config
+        text = f"<{type(value).__name__}>"
+    return _ADDRESS.sub("", text)[:2000]
