@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from typing import Any
 
@@ -16,6 +17,14 @@ SEVERITY_COLORS = {"warn": "#ff7f0e", "bad": "#d62728", "error": "#d62728"}
 # Events that can happen every step are drawn as short ticks along the bottom (color, row);
 # anything else (config changes) as a full-height dashed line.
 TICK_KINDS = {"weight_update": ("#555", 0), "stale_prefix_cache": ("#d62728", 1)}
+
+
+def text(value: object) -> str:
+    """``value`` as literal Plotly text (titles, legend, hover, ticks, annotations). Plotly renders
+    a subset of HTML there (``<b>``, ``<a href>``, ``<br>``, entities) and hands a ``$...$`` string to
+    MathJax; metric names, run ids, rule names and flag values are user data and must show as typed.
+    Plotly decodes the entities back, so the text reads the same."""
+    return html.escape(str(value), quote=False).replace("$", "&#36;")
 
 
 def metric_figure(
@@ -52,7 +61,7 @@ def metric_figure(
                 line={"width": 0},
                 showlegend=False,
                 hoverinfo="skip",
-                name=f"{run_id} min/max",
+                name=text(f"{run_id} min/max"),
             )
         )
         last = [rows["last"][j] for j in idx]
@@ -62,7 +71,7 @@ def metric_figure(
                 x=xs,
                 y=last,
                 mode="lines",
-                name=run_id if not smoothed else f"{run_id} (raw)",
+                name=text(run_id if not smoothed else f"{run_id} (raw)"),
                 line={"color": color, "width": 1},
                 opacity=0.35 if smoothed else 1.0,
                 legendgroup=run_id,
@@ -75,7 +84,7 @@ def metric_figure(
                     x=xs,
                     y=monitor.ema(np.asarray(xs), np.asarray(last, dtype=float), half_life),
                     mode="lines",
-                    name=run_id,
+                    name=text(run_id),
                     line={"color": color, "width": 2},
                     legendgroup=run_id,
                 )
@@ -113,11 +122,11 @@ def metric_figure(
                 y=level,
                 line_dash="dot",
                 line_color=SEVERITY_COLORS.get(rule.severity, "#d62728"),
-                annotation_text=f"{rule.name}",
+                annotation_text=text(rule.name),
                 annotation_position="bottom right",
             )
     fig.update_layout(
-        title=metric,
+        title=text(metric),
         height=330,
         margin={"t": 40, "b": 20, "l": 10, "r": 10},
         xaxis_title={"time": "wall time (unix s)"}.get(x, x),
@@ -145,7 +154,7 @@ def _shade_findings(fig: go.Figure, findings: list[monitor.Finding], run_ids: li
             fillcolor=PALETTE[i % len(PALETTE)] if strip else SEVERITY_COLORS.get(f.severity, "#d62728"),
             opacity=0.8 if strip else 0.12,
             line_width=0,
-            label={"text": "" if strip else f"{f.detector}", "textposition": "top left"},
+            label={"text": "" if strip else text(f.detector), "textposition": "top left"},
         )
 
 
@@ -184,12 +193,12 @@ def flag_strip(effect: monitor.FlagEffect, metric: str) -> go.Figure:
     """The metric's segment means per value of one flag: a box with every segment drawn."""
     fig = go.Figure()
     for value, points in effect.groups.items():
-        fig.add_trace(go.Box(y=points, name=str(value), boxpoints="all", jitter=0.4, pointpos=0))
+        fig.add_trace(go.Box(y=points, name=text(value), boxpoints="all", jitter=0.4, pointpos=0))
     fig.update_layout(
-        title=f"{metric} by {effect.flag}",
+        title=text(f"{metric} by {effect.flag}"),
         height=360,
         margin={"t": 40, "b": 20},
-        yaxis_title=f"{metric} (segment mean)",
+        yaxis_title=text(f"{metric} (segment mean)"),
         showlegend=False,
     )
     return fig

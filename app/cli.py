@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 import monitor
 import storage
@@ -34,6 +37,18 @@ root_option = click.option(
     type=click.Path(file_okay=False),
     help=f"Data root (also ${storage.ROOT_ENV}).",
 )
+
+
+def _check_run_ids(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """A run id from the command line names a folder under the root: refuse one that is a path."""
+    for run_id in value if isinstance(value, tuple) else (value,):
+        try:
+            storage.check_name("run id", run_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
 format_option = click.option(
     "--format",
     "fmt",
@@ -48,7 +63,9 @@ format_option = click.option(
 @click.version_option(package_name="logprobe")
 def main() -> None:
     """logprobe: watch the logprob mismatch between your rollout engine and your trainer."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 @main.command()
@@ -94,7 +111,13 @@ def query(sql: str, root: str, fmt: str) -> None:
 
 @main.command()
 @root_option
-@click.option("--run", "run_ids", multiple=True, help="Only this run (repeatable). Default: all runs.")
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    callback=_check_run_ids,
+    help="Only this run (repeatable). Default: all runs.",
+)
 @click.option(
     "--min-files", default=2, show_default=True, help="Merge partitions with at least this many files."
 )
@@ -108,7 +131,7 @@ def compact(root: str, run_ids: tuple[str, ...], min_files: int) -> None:
         f"removed {report.leftovers_removed} leftovers; {report.skipped_locked} partitions busy"
     )
     for path, reason in report.bad_files.items():
-        console.print(f"[yellow]skipped unreadable file {path}: {reason}[/yellow]")
+        console.print(f"[yellow]skipped unreadable file {_term(path)}: {_term(reason)}[/yellow]")
 
 
 @main.command()
@@ -176,7 +199,7 @@ def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: i
             err = child.stderr.read()
             if child.wait() != 0:
                 raise click.ClickException(f"scenario {name} failed:\n{err[-3000:]}")
-    console.print(f"{len(chosen)} run(s) in {root}; try: logprobe runs --root {root}")
+    console.print(f"{len(chosen)} run(s) in {_term(root)}; try: logprobe runs --root {_term(root)}")
 
 
 def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
@@ -191,7 +214,13 @@ def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
 @main.command()
 @root_option
 @click.option("--metric", default="mismatch/k3", show_default=True, help="Metric to explain.")
-@click.option("--runs", "run_ids", multiple=True, help="Only these runs (repeatable). Default: all.")
+@click.option(
+    "--runs",
+    "run_ids",
+    multiple=True,
+    callback=_check_run_ids,
+    help="Only these runs (repeatable). Default: all.",
+)
 @format_option
 def correlate(root: str, metric: str, run_ids: tuple[str, ...], fmt: str) -> None:
     """Rank engine flags and versions by how strongly they separate a metric across runs.
@@ -216,14 +245,14 @@ def correlate(root: str, metric: str, run_ids: tuple[str, ...], fmt: str) -> Non
         for e in effects
     ]
     if not rows:
-        Console(stderr=True).print(f"no flag varies across the {len(segs)} segment(s) with {metric}")
+        Console(stderr=True).print(f"no flag varies across the {len(segs)} segment(s) with {_term(metric)}")
     _emit(pa.Table.from_pylist(rows) if rows else pa.table({"flag": pa.array([], pa.string())}), fmt)
 
 
 @main.command()
 @root_option
-@click.option("--ref", required=True, help="The reference run.")
-@click.option("--run", "run_id", required=True, help="The candidate run.")
+@click.option("--ref", required=True, callback=_check_run_ids, help="The reference run.")
+@click.option("--run", "run_id", required=True, callback=_check_run_ids, help="The candidate run.")
 @click.option(
     "--metrics", multiple=True, help="Metric to compare (repeatable). Default: mismatch and training."
 )
@@ -297,7 +326,7 @@ def ui(root: str, port: int, host: str, rules: str | None) -> None:
         root,
         *(["--rules", rules] if rules else []),
     ]
-    Console(stderr=True).print(f"logprobe dashboard on http://{host}:{port} over {root}")
+    Console(stderr=True).print(f"logprobe dashboard on http://{_term(host)}:{port} over {_term(root)}")
     os.execv(sys.executable, command)
 
 
@@ -313,7 +342,7 @@ def _import(run: Callable[[], Any], what: str) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
     Console(stderr=True).print(
-        f"imported {len(result.run_ids)} run(s), {result.points:,} points from {what}"
+        f"imported {len(result.run_ids)} run(s), {result.points:,} points from {_term(what)}"
         + (f"; skipped {result.skipped:,} non-scalar values" if result.skipped else "")
     )
     for run_id in result.run_ids:
@@ -377,7 +406,8 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
 
     def show(alert: monitor.Alert) -> None:
         color = "red" if alert.state == "firing" else "green"
-        console.print(f"[{color}]{alert.state}[/{color}] {alert.run_id} step {alert.step}: {alert.message}")
+        where = f"{_term(alert.run_id)} step {alert.step}"
+        console.print(f"[{color}]{alert.state}[/{color}] {where}: {_term(alert.message)}")
 
     store = storage.Store(root)
     writer = storage.Writer(root, flush_interval=interval)
@@ -387,7 +417,7 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    console.print(f"watching {store.root} with {len(engine.rules)} rule(s); Ctrl-C to stop")
+    console.print(f"watching {_term(store.root)} with {len(engine.rules)} rule(s); Ctrl-C to stop")
     try:
         if once:
             for alert in watcher.tick():
@@ -402,7 +432,7 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
 @alerts.command("list")
 @root_option
 @format_option
-@click.option("--run", "run_ids", multiple=True, help="Only this run (repeatable).")
+@click.option("--run", "run_ids", multiple=True, callback=_check_run_ids, help="Only this run (repeatable).")
 def alerts_list(root: str, fmt: str, run_ids: tuple[str, ...]) -> None:
     """The alerts recorded so far, newest first."""
     with storage.Store(root) as store:
@@ -423,13 +453,35 @@ def _emit(table: pa.Table, fmt: str) -> None:
     else:
         view = Table(show_lines=False)
         for name in table.column_names:
-            view.add_column(name, overflow="fold", no_wrap=name == "run_id")
+            view.add_column(Text(_printable(name)), overflow="fold", no_wrap=name == "run_id")
         for row in table.to_pylist():
-            view.add_row(*("" if v is None else _cell(v) for v in row.values()))
+            # Text, not str: rich would read "[bold]" or "[/x]" in a metric name as markup.
+            view.add_row(*(Text("" if v is None else _printable(_cell(v))) for v in row.values()))
         # Piped output is for reading later or grepping: never fold it to 80 columns.
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 250
         Console(width=width).print(view)
         Console(stderr=True).print(f"{table.num_rows} row(s)")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as escapes: an ESC in a metric name or a message must
+    not reach the terminal (it could retitle the window, clear the screen or hide lines)."""
+    return _CONTROL.sub(lambda m: ascii(m.group(0))[1:-1], text)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines carry metric names and messages from the store: escape their control characters."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _printable(super().format(record))
+
+
+def _term(value: object) -> str:
+    """User data inside a rich markup string: printable, and read as text, not markup."""
+    return escape(_printable(str(value)))
 
 
 def _cell(value: object) -> str:

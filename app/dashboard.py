@@ -14,7 +14,7 @@ import streamlit as st
 
 import monitor
 import storage
-from app.session import STATUSES, Context, store
+from app.session import STATUSES, Context, literal, store
 from app.views import drift, flags, metrics, parity, runs, sql, tokens
 
 PAGES = {  # url path -> (title, module)
@@ -43,7 +43,7 @@ def _rules(path: str | None) -> tuple[list[monitor.Rule], str]:
     try:
         return monitor.load_rules(path)[0], f"Rules from {path}."
     except monitor.RuleError as exc:
-        st.error(str(exc))
+        st.error(literal(exc))
         return monitor.default_rules(), f"{exc}; showing the shipped default rules instead."
 
 
@@ -51,7 +51,7 @@ def _sidebar(root: str) -> tuple[list[dict], list[str]]:
     db = store(root)
     every = storage.list_runs(db).to_pylist()
     st.sidebar.title("logprobe")
-    st.sidebar.caption(root)
+    st.sidebar.caption(literal(root))
     statuses = st.sidebar.multiselect("Status", STATUSES, default=list(STATUSES))
     search = st.sidebar.text_input("Search runs", placeholder="name, id or tag").strip().lower()
     shown = [
@@ -70,6 +70,7 @@ def _sidebar(root: str) -> tuple[list[dict], list[str]]:
 def main(root: str | None = None, rules: str | None = None, page: str | None = None) -> None:
     """Draw the app; ``page`` picks the default page (the tests open each page this way)."""
     st.set_page_config(page_title="logprobe", layout="wide")
+    _sign_in()
     args = _args()
     root = str(storage.resolve_root(root or args.root))
     shown, selected = _sidebar(root)
@@ -83,8 +84,23 @@ def main(root: str | None = None, rules: str | None = None, page: str | None = N
     }
     nav = st.navigation(list(ctx.pages.values()))
     if not ctx.store.files("metrics") and not ctx.store.files("runs"):
-        st.info(f"No runs under {root} yet. Start one with collectors.init(root=...) or `logprobe demo`.")
+        st.info(
+            f"No runs under {literal(root)} yet. Start one with collectors.init(root=...) or `logprobe demo`."
+        )
     nav.run()
+
+
+def _sign_in() -> None:
+    """With an ``[auth]`` section in ``.streamlit/secrets.toml``, Streamlit's OIDC login guards every
+    page: a visitor who is not signed in gets a sign-in button and nothing else. Without one
+    (``is_logged_in`` is then absent) the dashboard is open to whoever reaches its address."""
+    if "is_logged_in" not in st.user:
+        return
+    if not st.user.is_logged_in:
+        st.title("logprobe")
+        st.button("Sign in", on_click=st.login)
+        st.stop()
+    st.sidebar.button("Sign out", on_click=st.logout)
 
 
 def _render(module: object, ctx: Context) -> None:

@@ -6,6 +6,7 @@ modules only lay out what ``storage`` and ``monitor`` return.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,19 @@ import monitor
 import storage
 
 STATUSES = ("live", "finished", "stale")
+# What Streamlit's Markdown (CommonMark, GFM, math, emoji and colour directives) gives a meaning.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|$~:&])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def literal(value: object) -> str:
+    """``value`` escaped to show as typed inside Streamlit Markdown (st.markdown, st.caption,
+    st.info and the like, widget and link labels): metric names, flag values, paths and messages
+    are user data, and ``**x**``, ``[x](javascript:...)``, ``<img ...>``, ``$x$`` or ``:red[x]`` in
+    them must not format anything."""
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", _CONTROL.sub(" ", str(value)))
+    # A list or heading marker only counts at the start of a line.
+    return re.sub(r"^(\s*)([-=])", r"\1\\\2", re.sub(r"^(\s*\d+)\.", r"\1\\.", text))
 
 
 @dataclass

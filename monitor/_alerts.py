@@ -29,10 +29,12 @@ import logging
 import math
 import os
 import queue
+import re
 import threading
 import time
 import tomllib
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,57 +120,131 @@ def default_rules() -> list[Rule]:
     return rules
 
 
+_RULE_FIELDS = {"name", "metric", "above", "below", "for_steps", "severity", "cooldown_s", "notify"}
+_NOTIFIER_FIELDS = {"kind", "url_env", "format", "timeout_s"}
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)$")
+
+
 def load_rules(path: str | os.PathLike[str]) -> tuple[list[Rule], dict[str, dict[str, Any]]]:
-    """Rules and notifier settings from a TOML file; a :class:`RuleError` names what is wrong."""
+    """Rules and notifier settings from a TOML file; a :class:`RuleError` names what is wrong:
+    the file and line (``rules.toml:3: ...``) for a syntax error, the file, rule and field otherwise."""
     source = Path(path)
-    try:
-        data = tomllib.loads(source.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RuleError(f"{source}: no such rule file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RuleError(f"{source}: not valid TOML: {exc}") from None
+    data = _read_toml(source)
+    unknown = set(data) - {"rule", "notifier"}
+    if unknown:
+        # A misspelt [[rules]] would otherwise load as "no rules" and never fire.
+        raise RuleError(
+            f"{source}: unknown top-level key(s) {', '.join(sorted(map(repr, unknown)))}; "
+            "expected [[rule]] and [notifier.*]"
+        )
     notifiers = data.get("notifier", {})
     if not isinstance(notifiers, dict):
         raise RuleError(f"{source}: [notifier] must be a table of named notifiers")
-    rules: list[Rule] = []
-    allowed = {"name", "metric", "above", "below", "for_steps", "severity", "cooldown_s", "notify"}
-    for i, raw in enumerate(data.get("rule", [])):
-        where = f"{source}: rule #{i + 1}" + (f" ({raw.get('name')})" if isinstance(raw, dict) else "")
-        if not isinstance(raw, dict):
-            raise RuleError(f"{where}: each [[rule]] must be a table")
-        unknown = set(raw) - allowed
+    raw_rules = data.get("rule", [])
+    if not isinstance(raw_rules, list):
+        raise RuleError(f"{source}: 'rule' must be an array of tables, written [[rule]]")
+    rules = [_rule(f"{source}: rule #{i + 1}", raw, notifiers) for i, raw in enumerate(raw_rules)]
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.name in seen:
+            raise RuleError(f"{source}: field 'name': rule names must be unique, {rule.name!r} is repeated")
+        seen.add(rule.name)
+    for name, cfg in notifiers.items():
+        where = f"{source}: notifier.{name}"
+        if not isinstance(cfg, dict) or cfg.get("kind") != "webhook":
+            raise RuleError(f"{where}: field 'kind': only kind = \"webhook\" is supported")
+        unknown = set(cfg) - _NOTIFIER_FIELDS
         if unknown:
             raise RuleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        for needed in ("name", "metric"):
-            if not isinstance(raw.get(needed), str) or not raw[needed]:
-                raise RuleError(f"{where}: field '{needed}' must be a non-empty string")
-        if ("above" in raw) == ("below" in raw):
-            raise RuleError(f"{where}: give exactly one of 'above' or 'below'")
-        for key in ("above", "below", "cooldown_s"):
-            if key in raw and not isinstance(raw[key], int | float):
-                raise RuleError(f"{where}: field '{key}' must be a number, got {raw[key]!r}")
-        if not isinstance(raw.get("for_steps", 3), int) or raw.get("for_steps", 3) < 1:
-            raise RuleError(f"{where}: field 'for_steps' must be an integer >= 1")
-        if raw.get("severity", "warn") not in ("warn", "bad"):
-            raise RuleError(f"{where}: field 'severity' must be 'warn' or 'bad'")
-        notify = raw.get("notify", ["log"])
-        if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
-            raise RuleError(f"{where}: field 'notify' must be a list of notifier names")
-        missing = [n for n in notify if n != "log" and n not in notifiers]
-        if missing:
-            raise RuleError(f"{where}: notifier(s) {', '.join(missing)} not defined under [notifier.*]")
-        rules.append(Rule(**{**raw, "notify": tuple(notify)}))
-    names = [r.name for r in rules]
-    if len(set(names)) != len(names):
-        raise RuleError(f"{source}: rule names must be unique")
-    for name, cfg in notifiers.items():
-        if not isinstance(cfg, dict) or cfg.get("kind") != "webhook":
-            raise RuleError(f'{source}: notifier.{name}: only kind = "webhook" is supported')
-        if not isinstance(cfg.get("url_env"), str):
-            raise RuleError(f"{source}: notifier.{name}: 'url_env' must name an environment variable")
+        if not isinstance(cfg.get("url_env"), str) or not cfg["url_env"]:
+            raise RuleError(f"{where}: field 'url_env' must name an environment variable")
         if cfg.get("format", "generic") not in ("generic", "slack", "discord"):
-            raise RuleError(f"{source}: notifier.{name}: 'format' must be generic, slack or discord")
+            raise RuleError(f"{where}: field 'format' must be generic, slack or discord")
+        if "timeout_s" in cfg and not _number(cfg["timeout_s"], low=0.0):
+            raise RuleError(f"{where}: field 'timeout_s' must be a number > 0, got {cfg['timeout_s']!r}")
     return rules, notifiers
+
+
+def _read_toml(source: Path) -> dict[str, Any]:
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError:
+        raise RuleError(f"{source}: no such rule file") from None
+    except OSError as exc:
+        raise RuleError(f"{source}: cannot read the rule file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RuleError(f"{source}:{line}: not valid TOML: not UTF-8 text ({exc.reason})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = _TOML_POSITION.search(message)
+        if found:
+            line = int(found.group(1))
+            message = f"{message[: found.start()].rstrip()} (column {found.group(2)})"
+        else:  # "(at end of document)": the last line
+            line = text.count("\n") + (0 if text.endswith("\n") else 1)
+        raise RuleError(f"{source}:{max(line, 1)}: not valid TOML: {message}") from None
+
+
+def _rule(where: str, raw: Any, notifiers: dict[str, Any]) -> Rule:
+    if not isinstance(raw, dict):
+        raise RuleError(f"{where}: each [[rule]] must be a table")
+    if isinstance(raw.get("name"), str):
+        where += f" ({raw['name']})"
+    unknown = set(raw) - _RULE_FIELDS
+    if unknown:
+        raise RuleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    for needed in ("name", "metric"):
+        if not isinstance(raw.get(needed), str) or not raw[needed]:
+            raise RuleError(f"{where}: field '{needed}' must be a non-empty string")
+    if ("above" in raw) == ("below" in raw):
+        raise RuleError(f"{where}: give exactly one of 'above' or 'below'")
+    for key in ("above", "below"):
+        if key in raw and not _number(raw[key]):
+            raise RuleError(f"{where}: field '{key}' must be a number, got {raw[key]!r}")
+    if "cooldown_s" in raw and not (_number(raw["cooldown_s"]) and raw["cooldown_s"] >= 0):
+        raise RuleError(f"{where}: field 'cooldown_s' must be a number >= 0, got {raw['cooldown_s']!r}")
+    for_steps = raw.get("for_steps", 3)
+    if isinstance(for_steps, bool) or not isinstance(for_steps, int) or for_steps < 1:
+        raise RuleError(f"{where}: field 'for_steps' must be an integer >= 1, got {for_steps!r}")
+    if raw.get("severity", "warn") not in ("warn", "bad"):
+        raise RuleError(f"{where}: field 'severity' must be 'warn' or 'bad'")
+    notify = raw.get("notify", ["log"])
+    if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
+        raise RuleError(f"{where}: field 'notify' must be a list of notifier names")
+    missing = [n for n in notify if n != "log" and n not in notifiers]
+    if missing:
+        raise RuleError(
+            f"{where}: field 'notify': notifier(s) {', '.join(missing)} not defined under [notifier.*]"
+        )
+    return Rule(**{**raw, "notify": tuple(notify)})
+
+
+def _one_number(value: Any) -> float | None:
+    """``value`` as a float if it is one number (Python, numpy or torch scalar, one-element array)."""
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        item = getattr(value, "item", None)
+        if callable(item):
+            size = value.numel() if callable(getattr(value, "numel", None)) else getattr(value, "size", 1)
+            if size != 1:
+                return None
+            value = item()
+        return float(value)
+    except (TypeError, ValueError, OverflowError, RuntimeError):
+        return None
+
+
+def _number(value: Any, low: float | None = None) -> bool:
+    """A finite TOML number (not a bool: ``above = true`` is a typo, not 1), above ``low`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return low is None or value > low
 
 
 class WebhookNotifier:
@@ -184,6 +260,8 @@ class WebhookNotifier:
         max_queue: int = 1000,
     ) -> None:
         self.url = url
+        self.endpoint = _endpoint(url)  # what logs may name: scheme, host and port, no secret
+        self._secrets = _url_secrets(url)
         self.fmt = fmt
         self.timeout_s = timeout_s
         self.retries = retries
@@ -220,20 +298,56 @@ class WebhookNotifier:
         while (alert := self._queue.get()) is not None:
             body = json.dumps(self.payload(alert)).encode()
             for attempt in range(self.retries + 1):
-                request = urllib.request.Request(
-                    self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
-                )
                 try:
+                    request = urllib.request.Request(
+                        self.url, data=body, method="POST", headers={"Content-Type": "application/json"}
+                    )
                     with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                         response.read()
                     self.sent += 1
                     break
-                except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                except Exception as exc:  # a malformed URL raises ValueError: it must not end the thread
                     if attempt == self.retries:
                         self.failed += 1
-                        log.warning("logprobe: webhook failed after %d tries: %s", attempt + 1, exc)
+                        log.warning(
+                            "logprobe: webhook to %s failed after %d tries: %s",
+                            self.endpoint,
+                            attempt + 1,
+                            self._redact(exc),
+                        )
                     else:
                         time.sleep(min(0.2 * 2**attempt, 2.0))
+
+    def _redact(self, exc: Exception) -> str:
+        """The error for a log line, without the URL's secrets (a Slack webhook's path, a
+        ``?token=``, credentials), which some urllib and http.client errors quote."""
+        if not isinstance(exc, OSError):  # URLError, HTTPError and timeouts are OSErrors
+            return f"{type(exc).__name__} (message withheld: it may quote the URL)"
+        text = str(exc)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def _endpoint(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.scheme or not parts.hostname:
+        return "a malformed URL"
+    return f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of a webhook URL that may carry its secret, longest first."""
+    parts = urllib.parse.urlsplit(url)
+    found = {url, parts.path, parts.query, parts.fragment, parts.username, parts.password}
+    found.update(value for _, value in urllib.parse.parse_qsl(parts.query))
+    if "@" in parts.netloc:
+        found.add(parts.netloc.rpartition("@")[0])
+    return sorted((s for s in found if s and len(s) >= 4), key=len, reverse=True)
 
 
 def log_notifier(alert: Alert) -> None:
@@ -282,14 +396,19 @@ class AlertEngine:
         return set(self._by_metric)
 
     def observe(self, run_id: str, step: int, metrics: dict[str, float]) -> list[Alert]:
-        """Feed one step; returns (and notifies) the alerts that changed state."""
+        """Feed one step; returns (and notifies) the alerts that changed state.
+
+        A value that is not one number (a string, a tensor of many values or on the ``meta``
+        device) is skipped, as the writer skips it, rather than raising and leaving the other
+        metrics of the step unjudged.
+        """
         changed = []
         for metric, rules in self._by_metric.items():
-            value = metrics.get(metric)
+            value = _one_number(metrics.get(metric))
             if value is None:
                 continue
             for rule in rules:
-                alert = self._step(run_id, step, rule, float(value))
+                alert = self._step(run_id, step, rule, value)
                 if alert is not None:
                     changed.append(alert)
                     self._notify(rule, alert)

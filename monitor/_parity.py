@@ -10,6 +10,7 @@ training metrics are shown for context and judged only if given a tolerance.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,10 @@ DEFAULT_TOLERANCES: dict[str, float] = {
     "mismatch/abs_prob_diff_mean": 1e-3,
 }
 CONTEXT_METRICS = ("reward/mean", "train/kl_ref", "train/entropy", "train/clip_frac")
+# Characters Markdown (CommonMark, GFM tables, and the math/emoji/colour extensions of renderers
+# such as Streamlit's) gives a meaning; "_" only counts at a word's edge, so snake_case stays legible.
+_MARKDOWN_SPECIAL = re.compile(r"[\\`*{}\[\]()<>#+!|$~:&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -59,7 +64,7 @@ class ParityReport:
     def to_markdown(self) -> str:
         verdict = "PASS" if self.passed else f"FAIL (first divergence at step {self.first_divergence})"
         lines = [
-            f"# Parity: `{self.run}` against `{self.ref}`",
+            f"# Parity: {_md(self.run)} against {_md(self.ref)}",
             "",
             f"**Verdict: {verdict}**",
             "",
@@ -72,7 +77,7 @@ class ParityReport:
             tol = "-" if m.tolerance is None else f"{m.tolerance:g}"
             first = "-" if m.first_divergence is None else str(m.first_divergence)
             lines.append(
-                f"| {m.metric} | {m.steps} | {m.ref_mean:.4g} | {m.run_mean:.4g} | "
+                f"| {_md(m.metric)} | {m.steps} | {m.ref_mean:.4g} | {m.run_mean:.4g} | "
                 f"{m.mean_abs_diff:.4g} | {m.max_abs_diff:.4g} | {tol} | {first} | {judged} |"
             )
         lines += [
@@ -85,7 +90,7 @@ class ParityReport:
         ]
         if self.flag_diff:
             lines += ["| flag | ref | run |", "|---|---|---|"]
-            lines += [f"| {k} | {a} | {b} |" for k, a, b in self.flag_diff]
+            lines += [f"| {_md(k)} | {_md(a)} | {_md(b)} |" for k, a, b in self.flag_diff]
         else:
             lines.append("None: both runs used the same engine settings.")
         return "\n".join(lines) + "\n"
@@ -93,7 +98,8 @@ class ParityReport:
     def to_html(self) -> str:
         from markdown_it import MarkdownIt
 
-        body = MarkdownIt("commonmark").enable("table").render(self.to_markdown())
+        # No raw HTML: the values are escaped already, and this is the second lock on that door.
+        body = MarkdownIt("commonmark", {"html": False}).enable("table").render(self.to_markdown())
         title = html.escape(f"Parity: {self.run} against {self.ref}")
         return (
             f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
@@ -152,6 +158,12 @@ def parity(
             )
         )
     return ParityReport(ref, run, rows, flag_diff(store, ref, run), consecutive)
+
+
+def _md(value: object) -> str:
+    """A run id, metric name or flag value as literal Markdown text on one line (a table cell):
+    names are user data, and ``**x**``, ``<img ...>`` or ``[x](javascript:...)`` must show as typed."""
+    return _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m.group(0), _CONTROL.sub(" ", str(value)))
 
 
 def _first_run(steps: np.ndarray, flags: np.ndarray, length: int) -> int | None:

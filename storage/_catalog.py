@@ -58,6 +58,7 @@ class Snapshot:
 class Catalog:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._real_root = os.path.realpath(root)
         self._footers: dict[Path, tuple[int, int, FileInfo | str]] = {}
         self._con: duckdb.DuckDBPyConnection | None = None  # for footers, opened on first use
 
@@ -80,6 +81,11 @@ class Catalog:
                 del self._footers[path]
         return snap
 
+    def inside(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path``, every symlink on the way resolved, lies under the root."""
+        real = os.path.realpath(path)
+        return real == self._real_root or real.startswith(self._real_root.rstrip(os.sep) + os.sep)
+
     def partition(self, partition: Path) -> tuple[list[FileInfo], dict[Path, str]]:
         snap = Snapshot()
         files = self._partition_files(partition, snap, set())
@@ -87,9 +93,16 @@ class Catalog:
 
     def _partition_files(self, partition: Path, snap: Snapshot, seen: set[Path]) -> list[FileInfo]:
         entries: list[tuple[Path, int, int]] = []
+        # A symlink (file, partition or table folder) must not bring a file from elsewhere into a
+        # table: the pages and the CLI read the tables without the SQL console's confinement.
+        linked = not self.inside(partition)
         for entry in _scandir(partition):
             name = entry.name
             if name.startswith(TMP_PREFIX) or not name.endswith(SUFFIX):
+                continue
+            if (linked or entry.is_symlink()) and not self.inside(entry.path):
+                target = os.path.realpath(entry.path)
+                snap.bad_files[Path(entry.path)] = f"links to {target}, outside the data root"
                 continue
             try:
                 st = entry.stat()

@@ -57,6 +57,8 @@ def compact(
         for partition in sorted(p for p in table_dir.iterdir() if p.name.startswith("run_id=")):
             if run_ids is not None and run_id_of(partition) not in run_ids:
                 continue
+            if not catalog.inside(partition):
+                continue  # a symlink out of the root: never merge or delete files over there
             _compact_partition(catalog, partition, min_files, report)
     return report
 

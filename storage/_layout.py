@@ -27,7 +27,7 @@ def resolve_root(root: str | os.PathLike[str] | None) -> Path:
 
 def check_name(kind: str, value: object) -> str:
     """Return ``value`` if it is safe as one path component, else raise a ValueError naming it."""
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value.endswith(".tmp"):
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or value.endswith(".tmp"):
         raise ValueError(
             f"invalid {kind} {value!r}: use 1-200 characters from A-Z a-z 0-9 . _ -, "
             "starting with a letter or digit"

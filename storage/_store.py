@@ -25,6 +25,10 @@ from storage._schema import TABLES, duckdb_columns
 log = logging.getLogger(__name__)
 
 INTERNAL_SCHEMA = "_logprobe"
+# The head of an EXPLAIN statement (after any leading comments): what follows is what it explains.
+_EXPLAIN_HEAD = re.compile(
+    r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*EXPLAIN\b(?:\s*\([^)]*\)|\s+ANALY[SZ]E\b)?", re.I | re.S
+)
 
 
 class QueryError(ValueError):
@@ -53,9 +57,17 @@ class Store:
 
     def _confine(self) -> None:
         # Order matters: without the allow-list, turning external access off also breaks the views.
+        # DuckDB also allow-lists its temp directory (<cwd>/.tmp): no spilling, so no second door.
         root = str(self.root).rstrip("/") + "/"
+        self.con.execute("SET temp_directory = ''")
         self.con.execute("SET allowed_directories = [?]", [root])
-        self.con.execute("SET enable_external_access = false")
+        for setting in (
+            "autoinstall_known_extensions",
+            "autoload_known_extensions",
+            "allow_community_extensions",
+            "enable_external_access",
+        ):
+            self.con.execute(f"SET {setting} = false")
         self.con.execute("SET lock_configuration = true")
 
     def refresh(self) -> bool:
@@ -138,8 +150,8 @@ class Store:
 
     def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
         """Run ``query`` and return the result as a pyarrow Table."""
-        tables = tuple(t for t in TABLES if re.search(rf"\b{t}\b", query)) or TABLES
-        return self._with_retry(lambda: self.con.sql(query, params=params).to_arrow_table(), tables)
+        run = lambda: self.con.sql(query, params=params).to_arrow_table()  # noqa: E731
+        return self._with_retry(run, _tables_in(query))
 
     def _with_retry(self, attempt: Callable[[], pa.Table], tables: tuple[str, ...]) -> pa.Table:
         """Run ``attempt``; retry once if files moved under it or a damaged file was found and set aside.
@@ -182,7 +194,8 @@ class Store:
         return damaged
 
     def read_only_query(self, query: str) -> pa.Table:
-        """Run one read-only statement (the SQL console's contract)."""
+        """Run one read-only statement (the SQL console's contract): a SELECT, or an EXPLAIN of one,
+        inside a read-only transaction."""
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -190,9 +203,28 @@ class Store:
         if len(statements) != 1:
             raise QueryError(f"expected exactly one SQL statement, got {len(statements)}")
         kind = statements[0].type
-        if kind not in (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN):
+        if kind == duckdb.StatementType.EXPLAIN:
+            # EXPLAIN ANALYZE runs what it explains (a COPY into the root, a DROP VIEW): one SELECT only.
+            head = _EXPLAIN_HEAD.match(statements[0].query)
+            try:
+                inner = duckdb.extract_statements(statements[0].query[head.end() :]) if head else []
+            except duckdb.Error:
+                inner = []
+            if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+                raise QueryError("EXPLAIN is allowed only of one SELECT statement")
+        elif kind != duckdb.StatementType.SELECT:
             raise QueryError(f"only read-only SELECT queries are allowed, got a {kind.name} statement")
-        return self.sql(query)
+        return self._with_retry(lambda: self._read_only(query), _tables_in(query))
+
+    def _read_only(self, query: str) -> pa.Table:
+        # A SELECT can still write through a CTE (WITH d AS (DELETE ... RETURNING *) SELECT ...).
+        self.con.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            return self.con.sql(query).to_arrow_table()
+        except duckdb.TransactionException as exc:
+            raise QueryError(f"only read-only queries are allowed: {exc}") from exc
+        finally:
+            self.con.execute("ROLLBACK")
 
     def close(self) -> None:
         self.con.close()
@@ -202,6 +234,11 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _tables_in(query: str) -> tuple[str, ...]:
+    """The tables a query names (all of them if it names none): where to look for damaged files."""
+    return tuple(t for t in TABLES if re.search(rf"\b{t}\b", query)) or TABLES
 
 
 def connect(root: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:

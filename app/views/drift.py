@@ -6,7 +6,7 @@ import pyarrow as pa
 import streamlit as st
 
 import storage
-from app.session import Context, chart_link, findings
+from app.session import Context, chart_link, findings, literal
 
 LINK = st.column_config.LinkColumn("chart", display_text="open chart")
 
@@ -44,7 +44,7 @@ def render(ctx: Context) -> None:
             pad = max(5, (f.step_last - f.step_first) // 2)
             st.page_link(
                 ctx.pages["metrics"],
-                label=f"{f.metric} around steps {f.step_first}-{f.step_last}",
+                label=literal(f"{f.metric} around steps {f.step_first}-{f.step_last}"),
                 query_params={
                     "runs": f.run_id,
                     "metric": f.metric,
@@ -68,7 +68,7 @@ def render(ctx: Context) -> None:
         )
 
     st.subheader("Active rules")
-    st.caption(ctx.rules_source)
+    st.caption(literal(ctx.rules_source))
     st.dataframe(
         pa.Table.from_pylist(
             [

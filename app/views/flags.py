@@ -10,7 +10,7 @@ import streamlit as st
 import monitor
 import storage
 from app import charts
-from app.session import Context
+from app.session import Context, literal
 
 
 def render(ctx: Context) -> None:
@@ -62,4 +62,4 @@ def render(ctx: Context) -> None:
             hide_index=True,
         )
     else:
-        st.success(f"{a} and {b} ran with the same engine flags.")
+        st.success(f"{literal(a)} and {literal(b)} ran with the same engine flags.")

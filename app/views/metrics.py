@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import streamlit as st
 
 import storage
 from app import charts
-from app.session import Context, findings, live_series
+from app.session import Context, findings, literal, live_series
 
 DEFAULT_METRICS = ("mismatch/k3", "mismatch/abs_logp_diff_mean", "reward/mean", "train/clip_frac")
 MARKED_EVENTS = ("weight_update", "config_change", "stale_prefix_cache")
@@ -24,8 +27,8 @@ def render(ctx: Context) -> None:
         st.info("The selected runs have logged no metrics yet.")
         return
     asked = st.query_params.get("metric")
-    default = [asked] if asked in names else []
-    default += [m for m in DEFAULT_METRICS if m in names and m not in default] or names[:4]
+    preferred = [m for m in DEFAULT_METRICS if m in names] or names[:4]
+    default = list(dict.fromkeys([asked, *preferred] if asked in names else preferred))  # no repeats
     chosen = st.multiselect("Metrics", names, default=default)
     cols = st.columns([2, 2, 1, 1, 1])
     x = cols[0].radio("x axis", list(storage.X_AXES), horizontal=True)
@@ -34,9 +37,7 @@ def render(ctx: Context) -> None:
     shade = cols[3].checkbox("findings", value=True, help="Shade the monitor's findings (step axis)")
     live_default = any(r["status"] == "live" for r in ctx.runs if r["run_id"] in ctx.selected)
     live = cols[4].toggle(f"live ({REFRESH_S} s)", value=live_default)
-    x_range = None
-    if x == "step" and "x0" in st.query_params and "x1" in st.query_params:
-        x_range = (float(st.query_params["x0"]), float(st.query_params["x1"]))
+    x_range = _x_range(st.query_params) if x == "step" else None
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def charts_fragment() -> None:
@@ -69,7 +70,7 @@ def render(ctx: Context) -> None:
         # Not list_runs: it scans the whole store, and this runs every few seconds.
         st.caption(
             f"last {x}: "
-            + ", ".join(f"{run} {_fmt(last.get(run), x)}" for run in ctx.selected)
+            + ", ".join(f"{literal(run)} {_fmt(last.get(run), x)}" for run in ctx.selected)
             + " · ticks along the bottom: weight updates (grey), stale prefix cache (red);"
             " dashed lines: engine config changes; strips or shading: the monitor's findings"
         )
@@ -79,3 +80,13 @@ def render(ctx: Context) -> None:
 
 def _fmt(value: float | None, x: str) -> str:
     return "-" if value is None else f"{value:.0f}" if x != "time" else f"{value:.1f}"
+
+
+def _x_range(params: Mapping[str, str]) -> tuple[float, float] | None:
+    """The step range a chart link asked for (``?x0=..&x1=..``); a hand-edited URL with anything
+    but two finite numbers there is ignored, not an exception on the page."""
+    try:
+        lo, hi = float(params["x0"]), float(params["x1"])
+    except (KeyError, ValueError):
+        return None
+    return (lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None

@@ -7,7 +7,7 @@ import streamlit as st
 
 import monitor
 import storage
-from app.session import Context, findings
+from app.session import Context, findings, literal
 
 HEALTH = {None: "ok", "warn": "warn", "bad": "bad", "error": "bad"}
 KEY_FLAGS = ("logprobs_mode", "enable_prefix_caching", "async_scheduling", "lm_head_dtype")
@@ -67,7 +67,8 @@ def render(ctx: Context) -> None:
     counts = {s: sum(r["status"] == s for r in ctx.runs) for s in ("live", "finished", "stale")}
     st.caption(" · ".join(f"{n} {s}" for s, n in counts.items()))
     if bad := ctx.store.bad_files:
-        st.warning("Skipped unreadable files: " + "; ".join(f"{p} ({why})" for p, why in bad.items()))
+        skipped = "; ".join(f"{literal(p)} ({literal(why)})" for p, why in bad.items())
+        st.warning(f"Skipped unreadable files: {skipped}")
 
 
 def _text(value: object) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.session import Context, store
+from app.session import Context, literal, store
 
 EXAMPLES = {
     "Mean k3 per run": (
@@ -44,7 +44,7 @@ def render(ctx: Context) -> None:
         try:
             result = store(ctx.root, confined=True).read_only_query(query)
         except Exception as exc:  # the console shows the error; it never takes the page down
-            st.error(str(exc))
+            st.error(literal(exc))
             return
         st.dataframe(result)
         # pandas (a Streamlit dependency) writes list columns such as runs.tags, which Arrow's CSV cannot.

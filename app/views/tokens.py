@@ -6,7 +6,7 @@ import streamlit as st
 
 import storage
 from app import charts
-from app.session import Context
+from app.session import Context, literal
 
 
 def render(ctx: Context) -> None:
@@ -19,7 +19,7 @@ def render(ctx: Context) -> None:
     if matrix.num_rows:
         st.plotly_chart(charts.histogram_heatmap(matrix), key="heatmap")
     else:
-        st.info(f"{run_id} logged no log-ratio histograms (Run.log_mismatch writes them).")
+        st.info(f"{literal(run_id)} logged no log-ratio histograms (Run.log_mismatch writes them).")
     steps = (
         ctx.store.sql(
             "SELECT DISTINCT step FROM tokens WHERE run_id = ? AND step IS NOT NULL ORDER BY step", [run_id]
@@ -28,7 +28,7 @@ def render(ctx: Context) -> None:
         .to_pylist()
     )
     if not steps:
-        st.info(f"{run_id} logged no per-token rows.")
+        st.info(f"{literal(run_id)} logged no per-token rows.")
         return
     choice = st.select_slider("Step", options=["all", *steps], value=steps[-1])
     worst = storage.worst_tokens(ctx.store, run_id, None if choice == "all" else int(choice), limit=100)
