@@ -71,8 +71,9 @@ def load_writer(
     conn.send((latencies, elapsed, stats.rows_dropped, stats.write_errors))
 
 
-def dashboard_reader(root: str, run_id: str, stop: Event, conn: Connection) -> None:
-    """What an open dashboard asks of the store, in a loop, until ``stop``: counts queries and errors."""
+def dashboard_reader(root: str, run_id: str, stop: Event, conn: Connection, period: float) -> None:
+    """What an open dashboard asks of the store every ``period`` seconds until ``stop``; counts rounds
+    and errors."""
     import monitor
 
     store = Store(root)
@@ -90,5 +91,5 @@ def dashboard_reader(root: str, run_id: str, stop: Event, conn: Connection) -> N
             errors.append(f"{type(exc).__name__}: {exc}")
         seconds.append(time.perf_counter() - t0)
         rounds += 1
-        time.sleep(0.2)
+        time.sleep(max(0.0, period - seconds[-1]))
     conn.send((rounds, errors, seconds))
