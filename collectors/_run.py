@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, compute_mismatch
-from collectors._tensors import real_number
+from collectors._tensors import real_number, short_repr, whole_number
 from storage import SCHEMAS, Writer, check_name
 
 log = logging.getLogger(__name__)
@@ -162,7 +161,7 @@ class Run:
     def event(self, kind: str, step: int | None = None, **payload: Any) -> None:
         """Record something that happened (``weight_update``, ``config_change``, ...) with a JSON payload."""
         if not isinstance(kind, str) or not kind:
-            raise TypeError(f"event kind must be a non-empty str, got {_short(kind)}")
+            raise TypeError(f"event kind must be a non-empty str, got {short_repr(kind)}")
         _text("event kind", kind)
         self.writer.append(
             "events",
@@ -188,7 +187,7 @@ class Run:
             raise TypeError(f"engine config must be a dict, got {type(config).__name__}")
         given = config.get("fingerprint")
         if given is not None and not isinstance(given, str):
-            raise TypeError(f"engine config field 'fingerprint' must be a str, got {_short(given)}")
+            raise TypeError(f"engine config field 'fingerprint' must be a str, got {short_repr(given)}")
         _text("engine config field 'fingerprint'", given)
         plain = json.loads(to_json(dict(config)))
         flags = plain.pop("flags", None) or plain
@@ -269,7 +268,7 @@ def init(
     # Everything is checked before the writer exists: a rejected argument must not leave a
     # background thread behind, nor a half-written run.
     if not isinstance(on_alert, str) or on_alert not in ("log", "raise"):
-        raise ValueError(f"on_alert must be 'log' or 'raise', got {_short(on_alert)}")
+        raise ValueError(f"on_alert must be 'log' or 'raise', got {short_repr(on_alert)}")
     if root is not None and not isinstance(root, str | os.PathLike):
         raise TypeError(f"root must be a path, got {type(root).__name__}")
     run_id = check_name("run_id", run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
@@ -279,7 +278,7 @@ def init(
     flush_interval = real_number("flush_interval", flush_interval, low=0.0)
     if tags is not None:
         if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-            raise TypeError(f"tags must be a list of str, got {_short(tags)}")
+            raise TypeError(f"tags must be a list of str, got {short_repr(tags)}")
         tags = [_text("tags", t) for t in tags]
     config_json = to_json(config) if config is not None else None
     engine = _alert_engine(alerts)
@@ -379,7 +378,7 @@ def _plain_container(value: Any, depth: int, active: set[int]) -> Any:
             return _plain(converted, depth, active)
     if hasattr(value, "__dict__") and type(value).__module__ == "argparse":
         return _plain(vars(value), depth, active)
-    return _valid_text(_short(value, 2000))
+    return _valid_text(short_repr(value, 2000))
 
 
 def _plain_key(key: Any) -> str:
@@ -387,7 +386,7 @@ def _plain_key(key: Any) -> str:
         return _valid_text(key)
     if key is None or isinstance(key, bool | int | float):
         return json.dumps(key)  # JSON's own spelling: null, true, 1, 1.5, NaN
-    return _valid_text(_short(key, 2000))
+    return _valid_text(short_repr(key, 2000))
 
 
 def _valid_text(text: str) -> str:
@@ -404,7 +403,7 @@ def _text(name: str, value: Any) -> Any:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__} {_short(value)}")
+        raise TypeError(f"{name} must be a str, got {type(value).__name__} {short_repr(value)}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -415,7 +414,7 @@ def _text(name: str, value: Any) -> Any:
 def _origin(source: Any, rank: Any, worker: Any) -> tuple[str, int, str | None]:
     """The columns every row carries, checked once here rather than failing every flush later."""
     if not isinstance(source, str) or not source:
-        raise TypeError(f"source must be a non-empty str, got {_short(source)}")
+        raise TypeError(f"source must be a non-empty str, got {short_repr(source)}")
     _text("source", source)
     rank = _as_int("rank", rank)
     if not _I32_MIN <= rank <= _I32_MAX:
@@ -459,34 +458,14 @@ def _check_engine_value(column: str, value: Any) -> None:
     else:
         ok = True
     if not ok:
-        raise TypeError(f"{where} must be {kind}, got {type(value).__name__} {_short(value)}")
+        raise TypeError(f"{where} must be {kind}, got {type(value).__name__} {short_repr(value)}")
 
 
 def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        as_int = int(value)
-        exact = as_int == value
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {_short(value)}") from exc
-    if not exact:
-        raise TypeError(f"{name} must be an integer, got {_short(value)}")
+    as_int = whole_number(name, value)
     if not _I64_MIN <= as_int <= _I64_MAX:
         raise ValueError(f"{name} must fit in a signed 64-bit integer, got {as_int}")
     return as_int
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    """A bounded repr for messages and records (a user's value may be a 10 MB string)."""
-    try:
-        text = _ADDRESS.sub("", repr(value))
-    except Exception:  # a broken __repr__ must not replace the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _decode(tokenizer: Any, token_id: int | None) -> str | None:

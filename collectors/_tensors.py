@@ -8,6 +8,7 @@ tensor, IndexError for an empty axis) escape with another argument's name or non
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import torch
@@ -79,11 +80,11 @@ def real_number(
     """``value`` as a finite float above ``low`` (or equal, with ``low_closed``) and below ``high``,
     else an error naming it."""
     if isinstance(value, bool) or not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_short(value)}")
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {short_repr(value)}")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {_short(value)}") from exc
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {short_repr(value)}") from exc
     if not math.isfinite(number):
         raise ValueError(f"{name} must be a finite number, got {number}")
     above_low = low is None or number > low or (low_closed and number == low)
@@ -102,9 +103,9 @@ def whole_number(name: str, value: Any) -> int:
         as_int = int(value)
         exact = as_int == value
     except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {_short(value)}") from exc
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {short_repr(value)}") from exc
     if not exact:
-        raise TypeError(f"{name} must be an integer, got {_short(value)}")
+        raise TypeError(f"{name} must be an integer, got {short_repr(value)}")
     return as_int
 
 
@@ -147,10 +148,14 @@ def segments(
     return seq, torch.arange(total, device=device) - starts[seq], int(lens.numel())
 
 
-def _short(value: Any) -> str:
-    """A bounded repr for error messages (a user's value may be a 10 MB string)."""
+def short_repr(value: Any, limit: int = 120) -> str:
+    """A bounded repr for messages and records (a user's value may be a 10 MB string), without
+    object addresses, so a message or a stored record is the same on every run."""
     try:
-        text = repr(value)
+        text = _ADDRESS.sub("", repr(value))
     except Exception:  # a broken __repr__ must not replace the real error
         text = f"<{type(value).__name__}>"
-    return text if len(text) <= 120 else text[:117] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

@@ -56,13 +56,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(root: Path) -> tuple[subprocess.Popen, str]:
+def _serve(root: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``logprobe ui`` over ``root`` on a free port (its default bind address), once it answers."""
     port = _free_port()
+    logprobe = str(Path(sys.executable).with_name("logprobe"))
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("logprobe")), "ui", "--root", str(root), "--port", str(port)],
+        [logprobe, "ui", "--root", str(root), "--port", str(port), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=cwd,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,11 +41,24 @@ def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 
 @pytest.fixture(scope="session")
-def forkserver() -> Iterator[multiprocessing.context.ForkServerContext]:
-    """Child processes forked from a server that has imported ``collectors`` (see ``_children``)."""
+def _forkserver_context() -> Iterator[multiprocessing.context.ForkServerContext]:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["collectors", "tests.reliability._children"])
     yield context
+
+
+@pytest.fixture
+def forkserver(
+    _forkserver_context: multiprocessing.context.ForkServerContext, monkeypatch: pytest.MonkeyPatch
+) -> multiprocessing.context.ForkServerContext:
+    """Child processes forked from a server that has imported ``collectors`` (see ``_children``).
+
+    A child re-runs the parent's ``__main__`` file first. Streamlit's AppTest (the dashboard tests)
+    leaves ``__main__`` pointing at a temp script of its own, which then fails in every child; an
+    empty ``__main__`` for the test's duration keeps children to the target they are given.
+    """
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+    return _forkserver_context
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -459,28 +459,10 @@ def _hostile_store(root: Path) -> Path:
 
 
 def _serve(root: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``logprobe ui`` on a free port with its default bind address (tests/app/test_dashboard.py)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [LOGPROBE, "ui", "--root", str(root), "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    pytest.fail(f"logprobe ui did not come up: {proc.stdout.read()[-2000:]}")
+    # The browser tests' helper; imported here, since that module needs Playwright at import.
+    from tests.app.test_dashboard import _serve as serve
+
+    return serve(root, *args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
