@@ -224,7 +224,10 @@ def test_data_root_deleted_mid_run_is_recreated_with_a_warning(tmp_path: Path, c
     loop = Loop(run, 100, 2000)
     loop.thread.start()
     time.sleep(0.3)
-    shutil.rmtree(root)  # the user (or a cleanup job) deletes the data directory under the run
+    # The user (or a cleanup job) deletes the data directory under the run. Moved away first, so
+    # rmtree does not race the writer's next file ("Directory not empty").
+    root.rename(tmp_path / "deleted")
+    shutil.rmtree(tmp_path / "deleted")
     loop.thread.join()
     assert not loop.errors, loop.errors
     run.close()
