@@ -20,8 +20,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage._catalog import SUPERSEDES_KEY, Catalog
+from storage._catalog import SUPERSEDES_KEY, Catalog, FileInfo
 from storage._layout import SUFFIX, TMP_PREFIX, data_file_name, resolve_root, run_id_of, temp_path
+from storage._mirror import Mirror
+from storage._objectstore import ObjectRoot
 from storage._schema import TABLES
 
 LOCK_NAME = ".compact.lock"
@@ -48,6 +50,8 @@ def compact(
 ) -> CompactReport:
     """Merge every partition (table x run) that has at least ``min_files`` live files."""
     base = resolve_root(root)
+    if isinstance(base, ObjectRoot):
+        return _compact_object_root(base, run_ids, tables, min_files)
     catalog = Catalog(base)
     report = CompactReport()
     for table in tables:
@@ -77,11 +81,8 @@ def _compact_partition(catalog: Catalog, partition: Path, min_files: int, report
         report.bad_files.update({str(p): r for p, r in bad.items()})
         if len(files) < min_files:
             return
-        merged = pa.concat_tables([pq.read_table(f.path) for f in files], promote_options="default")
-        if "step" in merged.column_names:
-            merged = merged.sort_by([("step", "ascending")])
-        merged = merged.replace_schema_metadata({SUPERSEDES_KEY: json.dumps([f.path.name for f in files])})
-        final = partition / data_file_name(f"compact-{uuid.uuid4().hex[:12]}", 0)
+        merged = _merged(files)
+        final = partition / _merged_name()
         tmp = temp_path(final)
         try:
             pq.write_table(merged, tmp, compression="zstd")
@@ -98,10 +99,21 @@ def _compact_partition(catalog: Catalog, partition: Path, min_files: int, report
         os.close(lock_fd)
 
 
-def _remove_leftovers(partition: Path, report: CompactReport) -> None:
-    """Delete files a finished merge superseded, and temp files of writers that died long ago."""
+def _merged(files: list[FileInfo]) -> pa.Table:
+    """One table of ``files``' rows in step order, whose footer names the files it replaces."""
+    merged = pa.concat_tables([pq.read_table(f.path) for f in files], promote_options="default")
+    if "step" in merged.column_names:
+        merged = merged.sort_by([("step", "ascending")])
+    return merged.replace_schema_metadata({SUPERSEDES_KEY: json.dumps([f.path.name for f in files])})
+
+
+def _merged_name() -> str:
+    return data_file_name(f"compact-{uuid.uuid4().hex[:12]}", 0)
+
+
+def _superseded(partition: Path, names: list[str]) -> set[str]:
+    """The files that the merged files among ``names`` replace."""
     superseded: set[str] = set()
-    names = sorted(os.listdir(partition))
     for name in names:
         if name.startswith("compact-") and name.endswith(SUFFIX):
             try:
@@ -110,6 +122,13 @@ def _remove_leftovers(partition: Path, report: CompactReport) -> None:
                 continue
             if SUPERSEDES_KEY in meta:
                 superseded.update(json.loads(meta[SUPERSEDES_KEY]))
+    return superseded
+
+
+def _remove_leftovers(partition: Path, report: CompactReport) -> None:
+    """Delete files a finished merge superseded, and temp files of writers that died long ago."""
+    names = sorted(os.listdir(partition))
+    superseded = _superseded(partition, names)
     now = time.time()
     for name in names:
         path = partition / name
@@ -117,6 +136,47 @@ def _remove_leftovers(partition: Path, report: CompactReport) -> None:
         if name in superseded or (orphan_tmp and now - _mtime(path) > ORPHAN_TMP_AGE_S):
             path.unlink(missing_ok=True)
             report.leftovers_removed += 1
+
+
+def _compact_object_root(
+    remote: ObjectRoot, run_ids: list[str] | None, tables: tuple[str, ...], min_files: int
+) -> CompactReport:
+    """Compaction of an ``s3://`` root, over a local copy of its files.
+
+    The same two steps as on disk (PUT the merged object, whose footer hides the originals; then
+    delete them), but without the flock: no lock spans machines, so run one compaction per
+    object-store root at a time (one cron job); two at once could each merge the same files.
+    """
+    mirror = Mirror(remote)
+    mirror.sync(full=True, tables=tables)
+    if mirror.last_error is not None:
+        raise OSError(f"cannot list {remote}: {mirror.last_error}")
+    catalog = Catalog(mirror.dir)
+    report = CompactReport()
+    for table in tables:
+        for partition in sorted((mirror.dir / table).glob("run_id=*")):
+            if run_ids is not None and run_id_of(partition) not in run_ids:
+                continue
+            report.partitions += 1
+            names = sorted(p.name for p in partition.iterdir())
+            for name in sorted(_superseded(partition, names) & set(names)):
+                remote.delete(remote.key(table, partition.name, name))
+                (partition / name).unlink(missing_ok=True)
+                report.leftovers_removed += 1
+            files, bad = catalog.partition(partition)
+            where = f"{remote}/{table}/{partition.name}"
+            report.bad_files.update({f"{where}/{p.name}": r for p, r in bad.items()})
+            if len(files) < min_files:
+                continue
+            merged = _merged(files)
+            remote.put_table(remote.key(table, partition.name, _merged_name()), merged, "zstd")
+            for f in files:  # hidden by the merged object from here on
+                remote.delete(remote.key(table, partition.name, f.path.name))
+                f.path.unlink(missing_ok=True)
+            report.files_merged += len(files)
+            report.files_written += 1
+            report.rows += merged.num_rows
+    return report
 
 
 def _mtime(path: Path) -> float:

@@ -1,4 +1,5 @@
-"""Where files live: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet``.
+"""Where files live: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet``, on disk or under
+an ``s3://`` prefix.
 
 Every name that ends up in a path is checked here, so a run id can never climb out of the root or
 collide with the temp files that make writes atomic.
@@ -10,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from storage._objectstore import ObjectRoot, is_object_uri
 from storage._schema import TABLES
 
 DEFAULT_ROOT = "./logprobe-data"
@@ -19,10 +21,23 @@ TMP_PREFIX = "."  # temp files are hidden and end in .tmp, so no reader glob eve
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
-def resolve_root(root: str | os.PathLike[str] | None) -> Path:
-    """The data root: the argument, else ``$LOGPROBE_DIR``, else ``./logprobe-data``."""
+def resolve_root(root: str | os.PathLike[str] | ObjectRoot | None) -> Path | ObjectRoot:
+    """The data root: the argument, else ``$LOGPROBE_DIR``, else ``./logprobe-data``; an
+    ``s3://bucket/prefix`` URI names an object-store root."""
     chosen = root if root is not None else os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    if isinstance(chosen, ObjectRoot):
+        return chosen
+    if is_object_uri(chosen):
+        return ObjectRoot(str(chosen))
     return Path(chosen).expanduser().absolute()
+
+
+def resolve_local_root(root: str | os.PathLike[str] | None, what: str) -> Path:
+    """The data root, which ``what`` needs on a local or shared file system."""
+    resolved = resolve_root(root)
+    if isinstance(resolved, ObjectRoot):
+        raise ValueError(f"{what} needs a local data root, got {resolved}")
+    return resolved
 
 
 def check_name(kind: str, value: object) -> str:

@@ -20,6 +20,8 @@ import pyarrow as pa
 
 from storage._catalog import Catalog
 from storage._layout import resolve_root
+from storage._mirror import Mirror
+from storage._objectstore import ObjectRoot
 from storage._schema import TABLES, duckdb_columns
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,14 @@ class QueryError(ValueError):
 class Store:
     """A DuckDB connection with one view per table over the files under ``root``."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, confined: bool = False) -> None:
-        self.root: Path = resolve_root(root)
+    def __init__(
+        self, root: str | os.PathLike[str] | ObjectRoot | None = None, *, confined: bool = False
+    ) -> None:
+        # ``location`` is the root as configured; ``root`` is the directory DuckDB reads, which for an
+        # object-store root is the local copy kept by a Mirror (see storage/_mirror.py).
+        self.location: Path | ObjectRoot = resolve_root(root)
+        self.mirror = Mirror(self.location) if isinstance(self.location, ObjectRoot) else None
+        self.root: Path = self.mirror.dir if self.mirror is not None else self.location
         self.con = duckdb.connect()
         self.bad_files: dict[Path, str] = {}
         self._catalog = Catalog(self.root)
@@ -51,7 +59,7 @@ class Store:
             self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.empty_{table} ({duckdb_columns(table)})")
         self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.bad_files (path VARCHAR, error VARCHAR)")
         self.con.execute(f"CREATE VIEW bad_files AS SELECT * FROM {INTERNAL_SCHEMA}.bad_files")
-        self.refresh()
+        self.refresh(full=True)
         if confined:
             self._confine()
 
@@ -70,8 +78,14 @@ class Store:
             self.con.execute(f"SET {setting} = false")
         self.con.execute("SET lock_configuration = true")
 
-    def refresh(self) -> bool:
-        """Point the views at the files on disk now; True if any view changed."""
+    def refresh(self, *, full: bool = False) -> bool:
+        """Point the views at the files on disk now; True if any view changed.
+
+        On an object-store root this first syncs the local copy; ``full`` lists every partition
+        instead of only the live ones and a few quiet ones (storage/_mirror.py).
+        """
+        if self.mirror is not None:
+            self.mirror.sync(full=full)
         snap = self._catalog.scan()
         self._snapshot = snap
         changed = False
@@ -241,7 +255,7 @@ def _tables_in(query: str) -> tuple[str, ...]:
     return tuple(t for t in TABLES if re.search(rf"\b{t}\b", query)) or TABLES
 
 
-def connect(root: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(root: str | os.PathLike[str] | ObjectRoot | None = None) -> duckdb.DuckDBPyConnection:
     """A plain DuckDB connection with one view per table, plus a ``bad_files`` view of what was skipped.
 
     The views list the files present now; use :class:`Store` (``refresh()``) to follow a live run.

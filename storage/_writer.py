@@ -3,8 +3,8 @@
 ``log_metrics`` and ``append`` only put rows into in-memory queues (a ``collections.deque`` append
 is atomic under the GIL, so callers never take a lock); a background thread turns the queues into
 Arrow tables every ``flush_interval`` seconds and writes each one through a hidden temp file and
-``os.replace``. A reader therefore sees a file whole or not at all, and a crash loses at most what
-was queued since the last flush.
+``os.replace`` (on an ``s3://`` root: one whole-object PUT). A reader therefore sees a file whole or
+not at all, and a crash loses at most what was queued since the last flush.
 
 Nothing here raises into the caller after construction (unless ``strict=True``): write failures
 keep the rows queued and retry them on the next flush; rows that do not fit under
@@ -41,6 +41,7 @@ from storage._layout import (
     resolve_root,
     temp_path,
 )
+from storage._objectstore import ObjectRoot
 from storage._schema import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Writer:
             raise ValueError(
                 f"max_buffer_rows and flush_rows must be >= 1, got {max_buffer_rows}, {flush_rows}"
             )
-        self.root: Path = resolve_root(root)
+        self.root: Path | ObjectRoot = resolve_root(root)
         host = check_name("host", _safe_host())
         self.writer_id = check_name("writer_id", writer_id or f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.flush_interval = float(flush_interval)
@@ -353,13 +354,17 @@ class Writer:
         self._unwritten = still
 
     def _write_file(self, table: str, run_id: str, tbl: pa.Table) -> None:
+        name = data_file_name(self.writer_id, self._seq)
+        self._seq += 1
+        if isinstance(self.root, ObjectRoot):
+            self.root.put_table(self.root.key(table, f"run_id={run_id}", name), tbl, self.compression)
+            return
         if self._root_made and not self.root.is_dir():
             self._root_lost()
         directory = partition_dir(self.root, table, run_id)
         directory.mkdir(parents=True, exist_ok=True)
         self._root_made = True
-        final = directory / data_file_name(self.writer_id, self._seq)
-        self._seq += 1
+        final = directory / name
         tmp = temp_path(final)
         try:
             pq.write_table(tbl, tmp, compression=self.compression)
