@@ -42,7 +42,7 @@ class ObjectRoot:
     """``s3://bucket/prefix``: where a store lives in an S3-compatible object store."""
 
     def __init__(self, uri: str) -> None:
-        rest = uri[len(SCHEME) :].strip("/") if uri.startswith(SCHEME) else ""
+        rest = uri[len(SCHEME) :].rstrip("/") if uri.startswith(SCHEME) else ""
         if not rest or any(part in ("", ".", "..") for part in rest.split("/")):
             raise ValueError(f"invalid object-store root {uri!r}: expected s3://bucket[/prefix]")
         self.uri = SCHEME + rest
