@@ -109,6 +109,62 @@ def query(sql: str, root: str, fmt: str) -> None:
     _emit(result, fmt)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhm])")
+_DURATION_DAYS = {"d": 1.0, "h": 1 / 24, "m": 1 / 1440}
+
+
+def _parse_keep(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, float]:
+    """``("tokens=7d", "histograms=36h")`` as ``{"tokens": 7.0, "histograms": 1.5}`` (days).
+
+    A unit is required: a bare ``7`` could mean days or hours, and guessing wrong deletes data.
+    """
+    keep: dict[str, float] = {}
+    for item in value:
+        table, sep, duration = item.partition("=")
+        table, duration = table.strip(), duration.strip()
+        if not sep or not table:
+            raise click.BadParameter(f"{item!r}: expected TABLE=DURATION, e.g. tokens=7d")
+        match = _DURATION.fullmatch(duration)
+        if match is None:
+            raise click.BadParameter(
+                f"{item!r}: duration {duration!r} must be a non-negative number followed by d (days), "
+                "h (hours) or m (minutes), e.g. 7d, 36h, 90m"
+            )
+        if table in keep:
+            raise click.BadParameter(f"{item!r}: table {table!r} is given more than once")
+        keep[table] = float(match.group(1)) * _DURATION_DAYS[match.group(2)]
+    try:
+        return storage.check_keep(keep)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _print_retention(console: Console, report: storage.RetentionReport, keep: dict[str, float]) -> None:
+    per_table = ", ".join(
+        f"{table}: {t.files_deleted} files, {t.rows_deleted:,} rows (kept {_days(keep[table])})"
+        for table, t in report.tables.items()
+    )
+    console.print(
+        f"retention deleted {report.files_deleted} files ({report.rows_deleted:,} rows, "
+        f"{_megabytes(report.bytes_freed)}) over {report.partitions} partitions; {per_table}; "
+        f"removed {report.leftovers_removed} leftovers; {report.skipped_locked} partitions busy"
+        + (f"; kept {report.kept_no_stats} files with no ts statistics" if report.kept_no_stats else "")
+    )
+    for path, reason in report.errors.items():
+        console.print(f"[yellow]left {_term(path)} alone: {_term(reason)}[/yellow]")
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB" if nbytes >= 100_000 else f"{nbytes / 1e3:,.1f} kB"
+
+
+def _days(days: float) -> str:
+    hours = days * 24
+    if hours >= 24 and hours % 24 == 0:
+        return f"{days:g}d"
+    return f"{hours:g}h" if hours >= 1 else f"{hours * 60:g}m"
+
+
 @main.command()
 @root_option
 @click.option(
@@ -121,10 +177,30 @@ def query(sql: str, root: str, fmt: str) -> None:
 @click.option(
     "--min-files", default=2, show_default=True, help="Merge partitions with at least this many files."
 )
-def compact(root: str, run_ids: tuple[str, ...], min_files: int) -> None:
-    """Merge each run's small files into one file per table (safe while runs are live)."""
-    report = storage.compact(root, run_ids=list(run_ids) or None, min_files=min_files)
+@click.option(
+    "--keep",
+    "keep",
+    multiple=True,
+    metavar="TABLE=DURATION",
+    callback=_parse_keep,
+    help="Retention (repeatable): delete TABLE's files whose newest row is older than DURATION, "
+    "in d, h or m (minutes), e.g. tokens=7d or histograms=36h; runs before the merge. Tables not "
+    "named are kept.",
+)
+def compact(root: str, run_ids: tuple[str, ...], min_files: int, keep: dict[str, float]) -> None:
+    """Merge each run's small files into one file per table (safe while runs are live).
+
+    With --keep, old files of the named tables are deleted first, so the merge does not fold old
+    rows into a file with fresh ones (retention works on whole files).
+    """
     console = Console(stderr=True)
+    if keep:
+        try:
+            kept = storage.apply_retention(root, keep, run_ids=list(run_ids) or None)
+        except ValueError as exc:  # a root retention cannot work on (an object store)
+            raise click.UsageError(str(exc)) from exc
+        _print_retention(console, kept, keep)
+    report = storage.compact(root, run_ids=list(run_ids) or None, min_files=min_files)
     console.print(
         f"merged {report.files_merged} files into {report.files_written} "
         f"({report.rows} rows) over {report.partitions} partitions; "

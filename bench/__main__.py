@@ -28,6 +28,7 @@ BENCHMARKS = (
     ("in_loop", "log_mismatch inside the training loop, against per-metric reductions and a fused floor"),
     ("scale", "run list, chart and cross-run queries as runs and steps grow"),
     ("live_latency", "from log() to visible in storage, and to an alert firing"),
+    ("store_size", "bytes per million steps before and after compaction and token retention"),
 )
 
 

@@ -20,6 +20,7 @@ from storage._queries import (
     metrics_after,
     worst_tokens,
 )
+from storage._retention import RetentionReport, apply_retention, check_keep
 from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS, flatten_flags
 from storage._store import QueryError, Store, connect
 from storage._writer import Writer, WriterStats
@@ -37,10 +38,13 @@ __all__ = [
     "CompactReport",
     "LiveSeries",
     "QueryError",
+    "RetentionReport",
     "Store",
     "Writer",
     "WriterStats",
     "alerts",
+    "apply_retention",
+    "check_keep",
     "check_name",
     "compact",
     "connect",
