@@ -147,10 +147,7 @@ def _compact_object_root(
     delete them), but without the flock: no lock spans machines, so run one compaction per
     object-store root at a time (one cron job); two at once could each merge the same files.
     """
-    mirror = Mirror(remote)
-    mirror.sync(full=True, tables=tables)
-    if mirror.last_error is not None:
-        raise OSError(f"cannot list {remote}: {mirror.last_error}")
+    mirror = object_copy(remote, tables)
     catalog = Catalog(mirror.dir)
     report = CompactReport()
     for table in tables:
@@ -158,11 +155,7 @@ def _compact_object_root(
             if run_ids is not None and run_id_of(partition) not in run_ids:
                 continue
             report.partitions += 1
-            names = sorted(p.name for p in partition.iterdir())
-            for name in sorted(_superseded(partition, names) & set(names)):
-                remote.delete(remote.key(table, partition.name, name))
-                (partition / name).unlink(missing_ok=True)
-                report.leftovers_removed += 1
+            report.leftovers_removed += remove_object_leftovers(remote, table, partition)
             files, bad = catalog.partition(partition)
             where = f"{remote}/{table}/{partition.name}"
             report.bad_files.update({f"{where}/{p.name}": r for p, r in bad.items()})
@@ -177,6 +170,26 @@ def _compact_object_root(
             report.files_written += 1
             report.rows += merged.num_rows
     return report
+
+
+def object_copy(remote: ObjectRoot, tables: tuple[str, ...]) -> Mirror:
+    """A full, current local copy of ``tables`` under an object-store root, or an OSError."""
+    mirror = Mirror(remote)
+    mirror.sync(full=True, tables=tables)
+    if mirror.last_error is not None:
+        raise OSError(f"cannot list {remote}: {mirror.last_error}")
+    return mirror
+
+
+def remove_object_leftovers(remote: ObjectRoot, table: str, partition: Path) -> int:
+    """Delete the objects (and their local copies) that a finished merge in ``partition`` superseded."""
+    names = sorted(p.name for p in partition.iterdir())
+    removed = 0
+    for name in sorted(_superseded(partition, names) & set(names)):
+        remote.delete(remote.key(table, partition.name, name))
+        (partition / name).unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _mtime(path: Path) -> float:

@@ -22,13 +22,20 @@ import fcntl
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage._catalog import Catalog, FileInfo
-from storage._compact import LOCK_NAME, CompactReport, _remove_leftovers
+from storage._compact import (
+    LOCK_NAME,
+    CompactReport,
+    _remove_leftovers,
+    object_copy,
+    remove_object_leftovers,
+)
 from storage._layout import resolve_root, run_id_of
+from storage._objectstore import ObjectRoot
 from storage._schema import TABLES
 
 # Tables that identify a run; deleting their rows would orphan everything else the run logged.
@@ -101,11 +108,9 @@ def apply_retention(
     """
     days_by_table = check_keep(keep)
     base = resolve_root(root)
-    if not isinstance(base, Path):
-        # An object-store root: no flock spans machines, and listing and deleting go through its own
-        # filesystem layer; until retention is routed through it, refuse rather than half-work.
-        raise ValueError(f"retention needs a local data root for now, got {base}")
     now = time.time() if now is None else float(now)
+    if isinstance(base, ObjectRoot):
+        return _object_root_retention(base, days_by_table, now, run_ids)
     catalog = Catalog(base)
     report = RetentionReport()
     for table, days in days_by_table.items():
@@ -148,17 +153,51 @@ def _expire_partition(
             return
         finally:
             report.leftovers_removed += leftovers.leftovers_removed
-        files, bad = catalog.partition(partition)
-        report.bad_files.update({str(p): r for p, r in bad.items()})
-        for info in files:
-            newest = _newest_ts(info)
-            if newest is None:
-                report.kept_no_stats += 1
-            elif newest < cutoff:
-                _delete_file(info.path)
-                _count(report, table, info)
+        _expire_files(catalog, table, partition, cutoff, report, _delete_file)
     finally:
         os.close(lock_fd)
+
+
+def _object_root_retention(
+    remote: ObjectRoot, days_by_table: dict[str, float], now: float, run_ids: list[str] | None
+) -> RetentionReport:
+    """Retention under an ``s3://`` root, over a local copy; like its compaction, without a lock
+    (no lock spans machines): run it from the one job that also compacts that root."""
+    mirror = object_copy(remote, tuple(days_by_table))
+    catalog = Catalog(mirror.dir)
+    report = RetentionReport()
+    for table, days in days_by_table.items():
+        report.tables[table] = TableRetention()
+        cutoff = now - days * SECONDS_PER_DAY
+        for partition in _partitions(mirror.dir, table, run_ids):
+            report.partitions += 1
+            report.leftovers_removed += remove_object_leftovers(remote, table, partition)
+
+            def delete(path: Path, table: str = table) -> None:
+                remote.delete(remote.key(table, path.parent.name, path.name))
+                path.unlink(missing_ok=True)
+
+            _expire_files(catalog, table, partition, cutoff, report, delete)
+    return report
+
+
+def _expire_files(
+    catalog: Catalog,
+    table: str,
+    partition: Path,
+    cutoff: float,
+    report: RetentionReport,
+    delete: Callable[[Path], None],
+) -> None:
+    files, bad = catalog.partition(partition)
+    report.bad_files.update({str(p): r for p, r in bad.items()})
+    for info in files:
+        newest = _newest_ts(info)
+        if newest is None:
+            report.kept_no_stats += 1
+        elif newest < cutoff:
+            delete(info.path)
+            _count(report, table, info)
 
 
 def _newest_ts(info: FileInfo) -> float | None:

@@ -344,3 +344,33 @@ def test_an_unreachable_endpoint_leaves_the_reader_up_and_says_why(
 def test_a_malformed_uri_is_one_clear_error(uri: str) -> None:
     with pytest.raises(ValueError, match="invalid object-store root"):
         storage.resolve_root(uri)
+
+
+def test_retention_and_compaction_of_a_bucket_through_the_cli(
+    s3_root: str, s3_env: dict[str, str], s3: object, bucket: str
+) -> None:
+    old, fresh = time.time() - 10 * 86_400, time.time() - 3600
+    with Writer(s3_root) as writer:
+        writer.append("runs", "r", {"name": "r", "created_at": old})
+        for step in range(5):
+            writer.append("tokens", "r", {"step": step, "ts": old, "position": 0, "log_ratio": 0.1})
+            writer.log_metrics("r", step, {"mismatch/k3": float(step)}, ts=old)
+        writer.append("histograms", "r", {"step": 0, "ts": old, "name": "log_ratio", "bin": 0})
+    with Writer(s3_root) as writer:
+        for step in range(5, 8):
+            writer.append("tokens", "r", {"step": step, "ts": fresh, "position": 0, "log_ratio": 0.1})
+    done = subprocess.run(
+        [LOGPROBE, "compact", "--root", s3_root, "--keep", "tokens=7d", "--keep", "histograms=1d"],
+        env=child_env(s3_env),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "retention deleted 2 files" in done.stderr  # the 10-day-old tokens file and the histogram
+    keys = [k for k in _objects(s3, bucket) if k.endswith(".parquet")]
+    assert [k for k in keys if "/histograms/" in k] == []
+    assert len([k for k in keys if "/tokens/" in k]) == 1
+    with Store(s3_root) as store:
+        steps = store.sql("SELECT DISTINCT step FROM tokens ORDER BY step").column("step").to_pylist()
+        assert steps == [5, 6, 7]  # the fresh file's steps only
+        assert store.sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py() == 5  # metrics stay
