@@ -35,7 +35,7 @@ root_option = click.option(
     default=storage.DEFAULT_ROOT,
     show_default=True,
     type=click.Path(file_okay=False),
-    help=f"Data root (also ${storage.ROOT_ENV}).",
+    help=f"Data root: a folder or s3://bucket/prefix (also ${storage.ROOT_ENV}).",
 )
 
 
