@@ -14,6 +14,8 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,12 +69,25 @@ def compact(
     return report
 
 
-def _compact_partition(catalog: Catalog, partition: Path, min_files: int, report: CompactReport) -> None:
+@contextmanager
+def partition_lock(partition: Path) -> Iterator[bool]:
+    """Hold ``partition``'s compaction lock while the block runs; yields False (and holds nothing)
+    when another process has it. Compaction and retention both take it."""
     lock_fd = os.open(partition / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(lock_fd)
+
+
+def _compact_partition(catalog: Catalog, partition: Path, min_files: int, report: CompactReport) -> None:
+    with partition_lock(partition) as held:
+        if not held:
             report.skipped_locked += 1
             return
         report.partitions += 1
@@ -95,8 +110,6 @@ def _compact_partition(catalog: Catalog, partition: Path, min_files: int, report
         report.files_merged += len(files)
         report.files_written += 1
         report.rows += merged.num_rows
-    finally:
-        os.close(lock_fd)
 
 
 def _merged(files: list[FileInfo]) -> pa.Table:

@@ -18,7 +18,6 @@ deletes) would bring their rows back.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import time
@@ -28,10 +27,10 @@ from pathlib import Path
 
 from storage._catalog import Catalog, FileInfo
 from storage._compact import (
-    LOCK_NAME,
     CompactReport,
     _remove_leftovers,
     object_copy,
+    partition_lock,
     remove_object_leftovers,
 )
 from storage._layout import resolve_root, run_id_of
@@ -136,11 +135,8 @@ def _partitions(base: Path, table: str, run_ids: list[str] | None) -> Iterator[P
 def _expire_partition(
     catalog: Catalog, table: str, partition: Path, cutoff: float, report: RetentionReport
 ) -> None:
-    lock_fd = os.open(partition / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with partition_lock(partition) as held:
+        if not held:
             report.skipped_locked += 1
             return
         report.partitions += 1
@@ -154,8 +150,6 @@ def _expire_partition(
         finally:
             report.leftovers_removed += leftovers.leftovers_removed
         _expire_files(catalog, table, partition, cutoff, report, _delete_file)
-    finally:
-        os.close(lock_fd)
 
 
 def _object_root_retention(

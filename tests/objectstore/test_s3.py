@@ -25,6 +25,7 @@ import storage
 from storage import Store, Writer
 from tests.app.test_dashboard import EXCEPTION, _serve
 from tests.conftest import REPO
+from tests.monitor.test_alerts import WRITER as ALERT_WRITER
 from tests.objectstore.conftest import child_env
 
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
@@ -202,23 +203,6 @@ def test_compaction_beside_live_writers_and_readers_keeps_every_row_once(
     assert Counter((int(r["writer"]), r["step"]) for r in rows) == Counter(
         {(w, s): 1 for w in range(3) for s in range(steps)}
     )
-
-
-ALERT_WRITER = """
-import sys, time
-import collectors
-run = collectors.init(run_id="live", root=sys.argv[1], flush_interval=0.2)
-for step in range(30):
-    run.log(step, {"mismatch/k3": 1e-5})
-run.writer.flush()
-time.sleep(1.0)
-for step in range(30, 33):
-    run.log(step, {"mismatch/k3": 0.2})
-run.writer.flush()
-print(time.time(), flush=True)
-time.sleep(4)
-run.close()
-"""
 
 
 def test_alerts_watch_fires_on_a_run_in_the_bucket_and_records_the_alert_there(
