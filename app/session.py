@@ -47,7 +47,8 @@ def store(root: str, *, confined: bool = False) -> storage.Store:
     """This session's Store, refreshed to the files on disk now."""
     key = f"store-{confined}"
     if key not in st.session_state:
-        st.session_state[key] = storage.Store(root, confined=confined)
+        # Tabs share this process's copy of an s3:// root: one listing per second serves them all.
+        st.session_state[key] = storage.Store(root, confined=confined, sync_max_age_s=1.0)
     current = st.session_state[key]
     current.refresh()
     return current

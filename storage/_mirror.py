@@ -22,12 +22,15 @@ import hashlib
 import logging
 import os
 import shutil
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from storage._layout import SUFFIX, TMP_PREFIX, check_name, run_id_of, temp_path
+from storage._layout import SUFFIX, TMP_PREFIX, check_name, run_id_of
 from storage._objectstore import ObjectRoot, RemoteFile
 from storage._schema import TABLES
 
@@ -71,6 +74,20 @@ def default_cache_dir(root: ObjectRoot) -> Path:
 
 
 class Mirror:
+    _shared: ClassVar[dict[tuple[str, Path], Mirror]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, remote: ObjectRoot) -> Mirror:
+        """This process's one copy of ``remote``: every Store over it (one per dashboard tab, the
+        alert watcher) shares its listings instead of each listing the bucket every second."""
+        directory = default_cache_dir(remote)
+        with cls._shared_lock:
+            mirror = cls._shared.get((remote.uri, directory))
+            if mirror is None:
+                mirror = cls._shared[(remote.uri, directory)] = cls(remote, directory)
+            return mirror
+
     def __init__(
         self,
         remote: ObjectRoot,
@@ -86,10 +103,26 @@ class Mirror:
         self.last = SyncStats()
         self.last_error: str | None = None
         self._partitions: dict[tuple[str, str], _Partition] = {}
+        self._lock = threading.Lock()
+        self._synced_at = float("-inf")
 
-    def sync(self, *, full: bool = False, tables: tuple[str, ...] = TABLES) -> SyncStats:
+    def sync(
+        self, *, full: bool = False, tables: tuple[str, ...] = TABLES, max_age_s: float = 0.0
+    ) -> SyncStats:
         """Bring the copy up to date (all partitions if ``full``); never raises for a network error,
-        which is kept in ``last_error`` while the copy goes on serving what it has."""
+        which is kept in ``last_error`` while the copy goes on serving what it has.
+
+        A sync that finished less than ``max_age_s`` ago counts as current: Stores sharing a mirror
+        pass their refresh cadence, so N readers cost one listing per interval, not N.
+        """
+        with self._lock:
+            if not full and time.monotonic() - self._synced_at < max_age_s:
+                return SyncStats()
+            stats = self._locked_sync(full, tables)
+            self._synced_at = time.monotonic()
+            return stats
+
+    def _locked_sync(self, full: bool, tables: tuple[str, ...]) -> SyncStats:
         started = time.perf_counter()
         stats = SyncStats()
         try:
@@ -164,7 +197,8 @@ class Mirror:
     def _download(self, key: tuple[str, str], f: RemoteFile) -> int | None:
         """Copy one object whole into place (temp file + rename, as the local writer does)."""
         final = self.dir / key[0] / key[1] / f.name
-        tmp = temp_path(final)
+        # Unique per download: two Stores of one process (two dashboard tabs) may fetch one file.
+        tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             data = self.remote.read(self.remote.key(key[0], key[1], f.name))
         except FileNotFoundError:

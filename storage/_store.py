@@ -41,12 +41,20 @@ class Store:
     """A DuckDB connection with one view per table over the files under ``root``."""
 
     def __init__(
-        self, root: str | os.PathLike[str] | ObjectRoot | None = None, *, confined: bool = False
+        self,
+        root: str | os.PathLike[str] | ObjectRoot | None = None,
+        *,
+        confined: bool = False,
+        sync_max_age_s: float = 0.0,
     ) -> None:
+        """``sync_max_age_s``: on an object-store root, a refresh within this many seconds of the
+        last sync of this process's copy (by any Store) reuses it; the dashboard's sessions pass
+        their polling cadence, so many open tabs cost one bucket listing per interval."""
         # ``location`` is the root as configured; ``root`` is the directory DuckDB reads, which for an
         # object-store root is the local copy kept by a Mirror (see storage/_mirror.py).
         self.location: Path | ObjectRoot = resolve_root(root)
-        self.mirror = Mirror(self.location) if isinstance(self.location, ObjectRoot) else None
+        self.mirror = Mirror.shared(self.location) if isinstance(self.location, ObjectRoot) else None
+        self.sync_max_age_s = sync_max_age_s
         self.root: Path = self.mirror.dir if self.mirror is not None else self.location
         self.con = duckdb.connect()
         self.bad_files: dict[Path, str] = {}
@@ -59,7 +67,7 @@ class Store:
             self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.empty_{table} ({duckdb_columns(table)})")
         self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.bad_files (path VARCHAR, error VARCHAR)")
         self.con.execute(f"CREATE VIEW bad_files AS SELECT * FROM {INTERNAL_SCHEMA}.bad_files")
-        self.refresh(full=True)
+        self.refresh()  # a copy's first sync lists every partition: all are new to it
         if confined:
             self._confine()
 
@@ -78,14 +86,15 @@ class Store:
             self.con.execute(f"SET {setting} = false")
         self.con.execute("SET lock_configuration = true")
 
-    def refresh(self, *, full: bool = False) -> bool:
+    def refresh(self, *, full: bool = False, max_age_s: float | None = None) -> bool:
         """Point the views at the files on disk now; True if any view changed.
 
         On an object-store root this first syncs the local copy; ``full`` lists every partition
         instead of only the live ones and a few quiet ones (storage/_mirror.py).
         """
         if self.mirror is not None:
-            self.mirror.sync(full=full)
+            age = self.sync_max_age_s if max_age_s is None else max_age_s
+            self.mirror.sync(full=full, max_age_s=age)
         snap = self._catalog.scan()
         self._snapshot = snap
         changed = False
@@ -179,7 +188,7 @@ class Store:
             return attempt()
         except duckdb.Error as exc:
             if isinstance(exc, duckdb.IOException):
-                moved = self.refresh()
+                moved = self.refresh(max_age_s=0.0)  # a file vanished: look now
                 if not moved and not self._set_aside_damaged(tables):
                     raise
             elif type(exc) is duckdb.Error or isinstance(exc, duckdb.InvalidInputException):

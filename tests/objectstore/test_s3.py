@@ -358,3 +358,49 @@ def test_retention_and_compaction_of_a_bucket_through_the_cli(
         steps = store.sql("SELECT DISTINCT step FROM tokens ORDER BY step").column("step").to_pylist()
         assert steps == [5, 6, 7]  # the fresh file's steps only
         assert store.sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py() == 5  # metrics stay
+
+
+def test_stores_of_one_process_share_one_copy_and_its_listings(s3_root: str, s3_env: dict[str, str]) -> None:
+    with Writer(s3_root) as writer:
+        writer.log_metrics("shared", 0, {"loss": 1.0})
+    tabs = [Store(s3_root, sync_max_age_s=60.0) for _ in range(2)]
+    assert tabs[0].mirror is tabs[1].mirror
+    with Writer(s3_root) as writer:
+        writer.log_metrics("shared", 1, {"loss": 2.0})
+
+    def count(store: Store) -> int:
+        return store.sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py()
+
+    tabs[1].refresh()  # within a minute of the first tab's sync: no listing, the copy as it was
+    assert count(tabs[1]) == 1
+    tabs[1].refresh(max_age_s=0.0)
+    assert count(tabs[1]) == 2
+    tabs[0].refresh()  # the other tab sees the new file without listing again
+    assert count(tabs[0]) == 2
+
+
+def test_tabs_refreshing_at_once_beside_a_writer_never_fail(s3_root: str, s3_env: dict[str, str]) -> None:
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def tab() -> None:
+        store = Store(s3_root)  # a fresh Store per thread, as each browser session has
+        while not stop.is_set():
+            try:
+                store.refresh()
+                store.sql("SELECT count(*) FROM metrics")
+            except Exception as exc:  # any reader error fails the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=tab) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    with Writer(s3_root, flush_interval=0.05) as writer:
+        for step in range(200):
+            writer.log_metrics("busy", step, {"loss": float(step)})
+            time.sleep(0.005)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert Store(s3_root).sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py() == 200
