@@ -290,6 +290,15 @@ def test_the_store_root_comes_from_logprobe_dir_too(
     )
     assert done.returncode == 0, done.stderr
     assert '"env-run"' in done.stdout
+    query = "SELECT run_id, step, value FROM metrics"
+    done = subprocess.run(
+        [LOGPROBE, "query", query, "--format", "csv"], capture_output=True, text=True, env=child_env(s3_env)
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ['"run_id","step","value"', '"env-run",3,0.5']
+    escape = "SELECT * FROM read_csv('/etc/passwd')"  # confined to the local copy, like a local root
+    done = subprocess.run([LOGPROBE, "query", escape], capture_output=True, text=True, env=child_env(s3_env))
+    assert done.returncode != 0 and "passwd" in done.stderr
     assert str(Store().location) == s3_root
 
 
