@@ -4,12 +4,14 @@ Each benchmark is its own script and process (``python -m bench.<name>``), write
 under ``bench/results/`` and can be rerun alone; this runner only sequences them, times them, keeps
 going when one fails (the failure is written into the results, not hidden), and assembles one
 file with the machine description on top. Benchmarks run one at a time: on a 2-core machine, two at
-once would measure each other.
+once would measure each other. ``--assemble-only`` runs nothing and rebuilds the file from the
+reports already there, for after one benchmark was rerun alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ BENCHMARKS = (
     ("scale", "run list, chart and cross-run queries as runs and steps grow"),
     ("live_latency", "from log() to visible in storage, and to an alert firing"),
     ("store_size", "bytes per million steps before and after compaction and token retention"),
+    ("object_store", "the same run written to and read from a local S3 server (moto) and local disk"),
 )
 
 
@@ -47,7 +50,16 @@ def run(names: Sequence[str]) -> list[tuple[str, str, float, int]]:
     return out
 
 
-def assemble(ran: Sequence[tuple[str, str, float, int]]) -> str:
+def earlier_times(text: str) -> dict[str, str]:
+    """Each benchmark's wall time in an earlier RESULTS.md, so that assembling without rerunning a
+    benchmark keeps how long its report took instead of leaving the cell blank."""
+    times = {}
+    for match in re.finditer(r"^\| `bench\.(\w+)` \|[^|\n]*\| ([\d,]+ s) \| ok \|$", text, re.M):
+        times[match.group(1)] = match.group(2)
+    return times
+
+
+def assemble(ran: Sequence[tuple[str, str, float, int]], earlier: dict[str, str] | None = None) -> str:
     """RESULTS.md: what ran and how long it took, the machine, then each report a heading level down."""
     lines = [
         "# logprobe benchmarks",
@@ -67,7 +79,8 @@ def assemble(ran: Sequence[tuple[str, str, float, int]]) -> str:
             lines.append(f"| `bench.{name}` | {purpose} | {seconds:,.0f} s | {status} |")
         else:
             status = "not rerun: its section is from an earlier run" if report.exists() else "no report"
-            lines.append(f"| `bench.{name}` | {purpose} | | {status} |")
+            took = (earlier or {}).get(name, "") if report.exists() else ""
+            lines.append(f"| `bench.{name}` | {purpose} | {took} | {status} |")
     lines += ["", "## Machine (this run of the runner)", ""] + [
         f"- {k}: {v}" for k, v in machine_info().items()
     ]
@@ -85,9 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     names = [name for name, _ in BENCHMARKS]
     parser.add_argument("--only", nargs="*", choices=names, default=names, help="run only these")
+    parser.add_argument(
+        "--assemble-only",
+        action="store_true",
+        help="run nothing: rebuild RESULTS.md from the reports already in bench/results/",
+    )
     args = parser.parse_args(argv)
-    ran = run(args.only)
-    RESULTS.write_text(assemble(ran), encoding="utf-8")
+    earlier = earlier_times(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    ran = [] if args.assemble_only else run(args.only)
+    RESULTS.write_text(assemble(ran, earlier), encoding="utf-8")
     print(f"wrote {RESULTS}", file=sys.stderr)
     return max((code for *_, code in ran), default=0)
 

@@ -1,0 +1,87 @@
+"""Smoke run of ``python -m bench.object_store --smoke``: local disk against moto's S3 server.
+
+No speed is asserted (shared CI machines are noisy, and moto is not AWS); what is asserted is that
+the script runs end to end, starting and stopping its own S3 server, that its own checks passed (it
+writes ``checks_passed`` only after every read matched what was written, the pyarrow-dataset chart
+matched ``metric_series`` and no writer reported an error), that the report has every row, and that
+every number is finite and positive, so the benchmark cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import json_numbers
+
+pytest.importorskip(
+    "moto", reason="the object-store benchmark needs moto's S3 server (requirements-test.txt)"
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = (
+    "`writer.flush()`, median",
+    "`writer.flush()`, p95",
+    "whole run: first `log()` to `close()` returned",
+    "files written",
+    "`Store(root)` (S3: listing + download",
+    "`list_runs`",
+    "`metric_series`, 1 run x 20 metrics",
+    "all three: open to first chart",
+    "| nothing new |",
+    "one new file (one step) from a live writer",
+    "`Store`: `refresh()` + `metric_series`",
+    "pyarrow dataset: discovery",
+    "pyarrow dataset: filtered `to_table`",
+    "DuckDB bucketing of the Arrow table",
+    "pyarrow dataset: the whole query",
+    "live `refresh()`, hot/cold listing policy",
+    "live `refresh(full=True)`, every partition re-listed",
+)
+
+
+def test_object_store_benchmark_smoke(tmp_path: Path) -> None:
+    out, numbers = tmp_path / "object_store.md", tmp_path / "object_store.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.object_store", "--smoke", f"--out={out}", f"--json={numbers}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+    report = out.read_text(encoding="utf-8")
+    assert report.startswith("# logprobe object-store benchmark")
+    assert report in proc.stdout
+    assert "--smoke" in report  # the exact command is recorded
+    for row in ROWS:
+        assert row in report, row
+    # Every timing row has a disk time, an S3 time and their ratio, all positive numbers.
+    timed = re.findall(
+        r"^\| [^|]+ \| ([\d,.]+) (?:ms|s) \| ([\d,.]+) (?:ms|s) \| ([\d,.]+)x \|", report, re.M
+    )
+    assert len(timed) >= 15
+    for cells in timed:
+        assert all(float(c.replace(",", "")) > 0 for c in cells), cells
+    assert "duckdb-extension-httpfs" in report and "moto is a Python server" in report
+    assert "## What this means" in report
+
+    result = json.loads(numbers.read_text(encoding="utf-8"))
+    assert result["checks_passed"] is True
+    sizes = result["sizes"]
+    assert len(result["repeats"]) == sizes["repeats"]
+    disk, s3 = result["medians"]["disk"], result["medians"]["s3"]
+    assert disk["files_written"] == s3["files_written"]  # the same run, file for file
+    assert "open_listings" in s3 and "open_listings" not in disk  # only S3 lists
+    scale = result["listing_scale"]["s3"]
+    assert scale["refresh_policy_listings"] < scale["refresh_full_listings"]
+    for where, value in json_numbers(result):
+        assert math.isfinite(value), where
+        assert value > 0, where
