@@ -91,7 +91,14 @@ def runs(root: str, fmt: str, stale_after: float) -> None:
 @click.argument("sql")
 @root_option
 @format_option
-def query(sql: str, root: str, fmt: str) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Stop the query after this many seconds.",
+)
+def query(sql: str, root: str, fmt: str, timeout: float) -> None:
     """Run one read-only SQL statement over the store.
 
     Tables: runs, engines, metrics, events, histograms, tokens, alerts (each with a run_id column),
@@ -101,7 +108,7 @@ def query(sql: str, root: str, fmt: str) -> None:
     """
     with storage.Store(root, confined=True) as store:
         try:
-            result = store.read_only_query(sql)
+            result = store.read_only_query(sql, timeout_s=timeout)
         except storage.QueryError as exc:
             raise click.UsageError(str(exc)) from exc
         except duckdb.Error as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,16 @@ class Store:
         *,
         confined: bool = False,
         sync_max_age_s: float = 0.0,
+        memory_limit: str | None = None,
     ) -> None:
         """``sync_max_age_s``: on an object-store root, a refresh within this many seconds of the
         last sync of this process's copy (by any Store) reuses it; the dashboard's sessions pass
-        their polling cadence, so many open tabs cost one bucket listing per interval."""
+        their polling cadence, so many open tabs cost one bucket listing per interval.
+
+        ``memory_limit`` (DuckDB's setting, e.g. ``"2GB"``) caps a confined Store's queries; by
+        default a quarter of the machine's memory, at most 4 GiB, so a console query that builds a
+        huge result fails with DuckDB's out-of-memory error instead of starving the trainer that
+        shares the node (confined Stores cannot spill to disk)."""
         # ``location`` is the root as configured; ``root`` is the directory DuckDB reads, which for an
         # object-store root is the local copy kept by a Mirror (see storage/_mirror.py).
         self.location: Path | ObjectRoot = resolve_root(root)
@@ -69,13 +76,14 @@ class Store:
         self.con.execute(f"CREATE VIEW bad_files AS SELECT * FROM {INTERNAL_SCHEMA}.bad_files")
         self.refresh()  # a copy's first sync lists every partition: all are new to it
         if confined:
-            self._confine()
+            self._confine(memory_limit or _default_memory_limit())
 
-    def _confine(self) -> None:
+    def _confine(self, memory_limit: str) -> None:
         # Order matters: without the allow-list, turning external access off also breaks the views.
         # DuckDB also allow-lists its temp directory (<cwd>/.tmp): no spilling, so no second door.
         root = str(self.root).rstrip("/") + "/"
         self.con.execute("SET temp_directory = ''")
+        self.con.execute("SET memory_limit = ?", [memory_limit])
         self.con.execute("SET allowed_directories = [?]", [root])
         for setting in (
             "autoinstall_known_extensions",
@@ -216,9 +224,9 @@ class Store:
             self.refresh()
         return damaged
 
-    def read_only_query(self, query: str) -> pa.Table:
+    def read_only_query(self, query: str, *, timeout_s: float | None = None) -> pa.Table:
         """Run one read-only statement (the SQL console's contract): a SELECT, or an EXPLAIN of one,
-        inside a read-only transaction."""
+        inside a read-only transaction, interrupted after ``timeout_s`` seconds if given."""
         try:
             statements = duckdb.extract_statements(query)
         except duckdb.Error as exc:
@@ -237,16 +245,26 @@ class Store:
                 raise QueryError("EXPLAIN is allowed only of one SELECT statement")
         elif kind != duckdb.StatementType.SELECT:
             raise QueryError(f"only read-only SELECT queries are allowed, got a {kind.name} statement")
-        return self._with_retry(lambda: self._read_only(query), _tables_in(query))
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
+        return self._with_retry(lambda: self._read_only(query, timeout_s), _tables_in(query))
 
-    def _read_only(self, query: str) -> pa.Table:
+    def _read_only(self, query: str, timeout_s: float | None) -> pa.Table:
         # A SELECT can still write through a CTE (WITH d AS (DELETE ... RETURNING *) SELECT ...).
         self.con.execute("BEGIN TRANSACTION READ ONLY")
+        timer = threading.Timer(timeout_s, self.con.interrupt) if timeout_s else None
         try:
+            if timer is not None:
+                timer.start()
             return self.con.sql(query).to_arrow_table()
         except duckdb.TransactionException as exc:
             raise QueryError(f"only read-only queries are allowed: {exc}") from exc
+        except duckdb.InterruptException as exc:
+            raise QueryError(f"query stopped after the {timeout_s:g} s time limit") from exc
         finally:
+            if timer is not None:
+                timer.cancel()
+                timer.join()  # a late interrupt must not land on the ROLLBACK or the next query
             self.con.execute("ROLLBACK")
 
     def close(self) -> None:
@@ -257,6 +275,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _default_memory_limit() -> str:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return "4GiB"
+    return f"{max(256, min(4096, total // 4 // 2**20))}MiB"
 
 
 def _tables_in(query: str) -> tuple[str, ...]:

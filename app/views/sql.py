@@ -32,17 +32,21 @@ EXAMPLES = {
 }
 
 
+# A console query holds the session's DuckDB connection, which every page of the tab needs.
+QUERY_TIMEOUT_S = 60.0
+
+
 def render(ctx: Context) -> None:
     st.header("SQL")
     st.caption(
         "One read-only statement over runs, engines, metrics, events, histograms, tokens, alerts and "
-        "bad_files. Files outside the data root, extensions and ATTACH are refused."
+        "bad_files, stopped after 60 s. Files outside the data root, extensions and ATTACH are refused."
     )
     example = st.selectbox("Saved queries", list(EXAMPLES))
     query = st.text_area("SQL", EXAMPLES[example], height=140, key=f"sql-{example}")
     if st.button("Run query"):
         try:
-            result = store(ctx.root, confined=True).read_only_query(query)
+            result = store(ctx.root, confined=True).read_only_query(query, timeout_s=QUERY_TIMEOUT_S)
         except Exception as exc:  # the console shows the error; it never takes the page down
             st.error(literal(exc))
             return

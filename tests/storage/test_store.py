@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -199,3 +201,29 @@ def test_metric_series_uses_footer_ranges_and_rebuckets_a_metric_added_late(tmp_
     assert len(early) == 100 and sum(b["count"] for b in early) == 20_000
     assert len(late) == 100 and sum(b["count"] for b in late) == 200  # not 1 bucket of the run's range
     assert late[-1]["last"] == 19_999.0 and late[0]["x_first"] == 19_800.0
+
+
+def test_a_console_query_past_its_time_limit_stops_with_a_clear_error(tmp_path: Path) -> None:
+    store = Store(tmp_path, confined=True)
+    started = time.monotonic()
+    with pytest.raises(storage.QueryError, match=r"stopped after the 0.5 s time limit"):
+        store.read_only_query("SELECT sum(i * i % 7) FROM range(10000000000000) t(i)", timeout_s=0.5)
+    assert time.monotonic() - started < 10
+    # The connection is fine afterwards: the interrupt does not leak into the next query.
+    assert store.read_only_query("SELECT 42 AS x", timeout_s=0.5).to_pylist() == [{"x": 42}]
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        store.read_only_query("SELECT 1", timeout_s=0)
+
+
+def test_a_confined_query_that_needs_too_much_memory_fails_instead_of_taking_the_node(tmp_path: Path) -> None:
+    store = Store(tmp_path, confined=True, memory_limit="64MB")
+    with pytest.raises(duckdb.OutOfMemoryException):
+        store.read_only_query("SELECT list(i) FROM range(100000000) t(i)", timeout_s=60)
+    assert store.read_only_query("SELECT 1 AS x").to_pylist() == [{"x": 1}]
+    default = Store(tmp_path, confined=True).read_only_query("SELECT current_setting('memory_limit') AS m")
+    # Unless given, a quarter of the machine's memory, at most 4 GiB (DuckDB's default is 80%).
+    total_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    expected = duckdb.connect()
+    expected.execute("SET memory_limit = ?", [f"{max(256, min(4096, total_mib // 4))}MiB"])
+    want = expected.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert default.column("m")[0].as_py() == want
