@@ -95,6 +95,15 @@ class ObjectRoot:
         out.write(data)
         out.close()
 
+    def put_file(self, key: str, path: os.PathLike[str] | str) -> None:
+        """Upload a local file as one object, streamed (multipart past pyarrow's part size, which
+        S3 also shows only once complete). Should the upload fail halfway and pyarrow still complete
+        what it sent, that object lacks Parquet's trailing footer: readers list it as unreadable, and
+        compaction deletes the originals only after this returned."""
+        with open(path, "rb") as src, self.fs.open_output_stream(key) as out:
+            while chunk := src.read(8 << 20):
+                out.write(chunk)
+
     def partitions(self, table: str) -> list[str]:
         """The ``run_id=...`` folder names under ``table`` (one delimiter listing, not every key)."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.key(table), allow_not_found=True))

@@ -23,6 +23,7 @@ from storage._catalog import Catalog
 from storage._layout import resolve_root
 from storage._mirror import Mirror
 from storage._objectstore import ObjectRoot
+from storage._resources import default_memory_limit
 from storage._schema import TABLES, duckdb_columns
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class Store:
         self.con.execute(f"CREATE VIEW bad_files AS SELECT * FROM {INTERNAL_SCHEMA}.bad_files")
         self.refresh()  # a copy's first sync lists every partition: all are new to it
         if confined:
-            self._confine(memory_limit or _default_memory_limit())
+            self._confine(memory_limit or default_memory_limit())
 
     def _confine(self, memory_limit: str) -> None:
         # Order matters: without the allow-list, turning external access off also breaks the views.
@@ -275,14 +276,6 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _default_memory_limit() -> str:
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return "4GiB"
-    return f"{max(256, min(4096, total // 4 // 2**20))}MiB"
 
 
 def _tables_in(query: str) -> tuple[str, ...]:

@@ -8,6 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
 import storage
 from storage import Store, Writer
 
@@ -118,3 +123,35 @@ def test_compaction_keeps_columns_from_old_and_new_files(tmp_path: Path) -> None
     storage.compact(tmp_path)
     rows = Store(tmp_path).sql("SELECT node FROM metrics WHERE step = 99").to_pylist()
     assert rows == [{"node": "n"}]
+
+
+def test_a_partition_larger_than_the_memory_limit_merges_by_spilling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four files of 1M metric rows each, steps interleaved across files, merged under a 64 MB
+    DuckDB memory limit: the sort spills to disk and the result is whole and in step order."""
+    import storage._compact as compact_module
+
+    partition = tmp_path / "metrics" / "run_id=big"
+    partition.mkdir(parents=True)
+    n = 1_000_000
+    for i in range(4):
+        steps = np.arange(n, dtype=np.int64) * 4 + (3 - i)  # file i holds steps = 3 - i (mod 4)
+        table = pa.table(
+            {
+                "step": steps,
+                "ts": pa.array(np.full(n, 1_700_000_000_000_000, dtype=np.int64), pa.timestamp("us", "UTC")),
+                "name": pa.array(["loss"] * n),
+                "value": np.random.default_rng(i).random(n),
+            }
+        )
+        pq.write_table(table, partition / f"w{i}-00000000.parquet")
+    monkeypatch.setattr(compact_module, "default_memory_limit", lambda: "64MB")
+    report = storage.compact(tmp_path)
+    assert report.files_merged == 4 and report.rows == 4 * n
+    (merged,) = list(partition.glob("*.parquet"))
+    steps = pq.read_table(merged, columns=["step"]).column("step").to_numpy()
+    assert np.array_equal(steps, np.arange(4 * n))
+    with Store(tmp_path) as store:
+        total = store.sql("SELECT count(*) AS n, sum(step) AS s FROM metrics").to_pylist()[0]
+    assert total == {"n": 4 * n, "s": int(np.arange(4 * n).sum())}
