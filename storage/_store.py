@@ -149,6 +149,48 @@ class Store:
             return None
         return min(f.ranges[column][0] for f in infos), max(f.ranges[column][1] for f in infos)
 
+    def run_summary(self, table: str) -> pa.Table:
+        """Per run of ``table`` (a table with ``step`` and ``ts``): rows, last step and last ``ts``.
+
+        Read from the footers the catalog already holds, so the run list costs what the file count
+        costs, not the row count (a scan of every metric row took 1.2 s at 200M points,
+        bench/scale.py); only files whose footers lack statistics are scanned.
+        """
+        infos = self._snapshot.files.get(table, []) if self._snapshot else []
+        known = [f for f in infos if "step" in f.ranges and "ts" in f.ranges]
+        unknown = [str(f.path) for f in infos if not ("step" in f.ranges and "ts" in f.ranges)]
+        per_file = pa.table(
+            {
+                "run_id": pa.array([f.path.parent.name.removeprefix("run_id=") for f in known], pa.string()),
+                "rows": pa.array([f.num_rows for f in known], pa.int64()),
+                "last_step": pa.array([int(f.ranges["step"][1]) for f in known], pa.int64()),
+                # epoch seconds as a double hold microseconds exactly enough to round back to them
+                "last_ts": pa.array([round(f.ranges["ts"][1] * 1e6) for f in known], pa.int64()).cast(
+                    pa.timestamp("us", tz="UTC")
+                ),
+            }
+        )
+        if unknown:
+            scanned = self._with_retry(
+                lambda: self.con.sql(
+                    "SELECT run_id, count(*)::BIGINT AS rows, max(step)::BIGINT AS last_step, "
+                    f"max(ts) AS last_ts FROM {self.source(unknown)} GROUP BY run_id"
+                ).to_arrow_table(),
+                (table,),
+            )
+            per_file = pa.concat_tables([per_file, scanned.cast(per_file.schema)])
+        agg = per_file.group_by("run_id").aggregate(
+            [("rows", "sum"), ("last_step", "max"), ("last_ts", "max")]
+        )
+        return pa.table(
+            {
+                "run_id": agg["run_id"],
+                "rows": agg["rows_sum"],
+                "last_step": agg["last_step_max"],
+                "last_ts": agg["last_ts_max"],
+            }
+        )
+
     @staticmethod
     def source(paths: list[str]) -> str:
         """A ``read_parquet`` over exactly these files, for queries over part of a table (new files)."""

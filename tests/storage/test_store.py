@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -227,3 +228,41 @@ def test_a_confined_query_that_needs_too_much_memory_fails_instead_of_taking_the
     expected.execute("SET memory_limit = ?", [f"{max(256, min(4096, total_mib // 4))}MiB"])
     want = expected.sql("SELECT current_setting('memory_limit')").fetchall()[0][0]
     assert default.column("m")[0].as_py() == want
+
+
+def test_the_run_list_reads_footers_and_agrees_with_a_scan(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with Writer(tmp_path, flush_interval=60) as writer:
+        for run in ("a", "b", "c"):
+            for step in range(int(rng.integers(5, 40))):
+                writer.log_metrics(run, step, {"x": 1.0, "y": 2.0}, ts=1_790_000_000.123457 + step * 0.5)
+                if step % 7 == 0:
+                    writer.flush()  # several files per run
+    # A file written without statistics (another tool, an old writer): the run list scans it.
+    table = pa.table(
+        {
+            "step": pa.array([100, 101], pa.int64()),
+            "ts": pa.array([1_790_000_999_000_001, 1_790_000_999_000_002], pa.timestamp("us", "UTC")),
+            "name": ["x", "x"],
+            "value": [0.5, 0.6],
+        }
+    )
+    (tmp_path / "metrics" / "run_id=b").mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        table, tmp_path / "metrics" / "run_id=b" / "other-00000000.parquet", write_statistics=False
+    )
+    store = Store(tmp_path)
+    assert any("ts" not in f.ranges for f in store._snapshot.files["metrics"])
+    listed = {
+        r["run_id"]: (r["last_step"], r["points"], r["last_write"])
+        for r in storage.list_runs(store).to_pylist()
+    }
+    scanned = {
+        r["run_id"]: (r["last_step"], r["points"], r["last_write"])
+        for r in store.sql(
+            "SELECT run_id, max(step) AS last_step, count(*) AS points, max(ts) AS last_write "
+            "FROM metrics GROUP BY run_id"
+        ).to_pylist()
+    }
+    assert listed == scanned
+    assert listed["b"][0] == 101
