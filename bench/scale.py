@@ -671,8 +671,9 @@ def render(report: Report) -> str:
         "",
         "- `Store(root)` reads the footer of every file once (the catalog), so it grows with the file "
         "count; a live dashboard pays it once and then only for new files.",
-        "- `list_runs` aggregates every metric row (points, last step, last write) per run, so it scans "
-        "the whole metrics table.",
+        "- `list_runs` takes points, last step and last write per run from the metric files' footers "
+        "(row counts and statistics the catalog already holds), so it grows with the file count, not "
+        "the rows; until issue 10 it scanned every metric row (1,231 ms at the full size, exponent 0.95).",
         "- The chart queries scan only the run's own files (DuckDB prunes the others by their "
         "`run_id=` directory), yet every query over a table's view binds a `read_parquet` over every "
         "file of that table with `union_by_name`, which reads each file's schema: that part grows "
