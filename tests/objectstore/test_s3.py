@@ -39,10 +39,12 @@ def _objects(s3: object, bucket: str) -> dict[str, bytes]:
     return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
 
-def _start_writers(root: str, run_id: str, n: int, steps: int, env: dict[str, str]) -> list[subprocess.Popen]:
+def _start_writers(
+    root: str, run_id: str, n: int, steps: int, env: dict[str, str], pace_s: float = 0.0
+) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(
-            [sys.executable, str(WRITER_CHILD), root, run_id, str(i), str(steps), "0.05"],
+            [sys.executable, str(WRITER_CHILD), root, run_id, str(i), str(steps), "0.05", str(pace_s)],
             cwd=REPO,
             env=child_env(env),
             stdout=subprocess.PIPE,
@@ -173,7 +175,7 @@ def test_compaction_beside_live_writers_and_readers_keeps_every_row_once(
     s3_root: str, s3_env: dict[str, str], s3: object, bucket: str
 ) -> None:
     steps = 400
-    procs = _start_writers(s3_root, "busy", 3, steps, s3_env)
+    procs = _start_writers(s3_root, "busy", 3, steps, s3_env, pace_s=0.01)  # live for 4 s or more
     store = Store(s3_root)
     errors: list[str] = []
     counts: list[int] = []
