@@ -52,6 +52,9 @@ def _sidebar(root: str) -> tuple[list[dict], list[str]]:
     every = storage.list_runs(db).to_pylist()
     st.sidebar.title("logprobe")
     st.sidebar.caption(literal(root))
+    if db.mirror is not None and db.mirror.last_error is not None:
+        # An s3:// root whose endpoint does not answer: say the charts may be behind, and why.
+        st.sidebar.warning(literal(f"Cannot list the bucket; showing the local copy. {db.mirror.last_error}"))
     statuses = st.sidebar.multiselect("Status", STATUSES, default=list(STATUSES))
     search = st.sidebar.text_input("Search runs", placeholder="name, id or tag").strip().lower()
     shown = [

@@ -415,3 +415,33 @@ def test_tabs_refreshing_at_once_beside_a_writer_never_fail(s3_root: str, s3_env
         thread.join()
     assert errors == []
     assert Store(s3_root).sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py() == 200
+
+
+@pytest.mark.parametrize("page", ["runs", "metrics", "drift", "tokens", "sql"])
+def test_dashboard_pages_render_over_a_bucket(s3_root: str, s3_env: dict[str, str], page: str) -> None:
+    from tests.app.test_pages import _open
+
+    with Writer(s3_root) as writer:
+        writer.append("runs", "s3-run", {"name": "s3-run"})
+        for step in range(30):
+            writer.log_metrics(
+                "s3-run", step, {"mismatch/k3": 1e-6 if step < 20 else 0.3, "reward/mean": 0.5}
+            )
+            writer.append("tokens", "s3-run", {"step": step, "position": 0, "log_ratio": 0.01 * step})
+    at = _open(s3_root, page)  # type: ignore[arg-type]  # the dashboard takes the URI as its root
+    assert not at.sidebar.warning
+    assert "1 of 1 runs shown" in [c.value for c in at.sidebar.caption]
+
+
+def test_the_dashboard_says_when_the_bucket_cannot_be_listed(
+    s3_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.app.test_pages import _open
+
+    with __import__("socket").socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{dead}")
+    at = _open("s3://logprobe-unreachable/p", "runs")  # type: ignore[arg-type]
+    assert any("Cannot list the bucket" in w.value for w in at.sidebar.warning)
+    assert any("No runs under" in i.value for i in at.info)
