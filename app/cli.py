@@ -131,19 +131,40 @@ def _parse_keep(ctx: click.Context, param: click.Parameter, value: tuple[str, ..
         table, duration = table.strip(), duration.strip()
         if not sep or not table:
             raise click.BadParameter(f"{item!r}: expected TABLE=DURATION, e.g. tokens=7d")
-        match = _DURATION.fullmatch(duration)
-        if match is None:
-            raise click.BadParameter(
-                f"{item!r}: duration {duration!r} must be a non-negative number followed by d (days), "
-                "h (hours) or m (minutes), e.g. 7d, 36h, 90m"
-            )
         if table in keep:
             raise click.BadParameter(f"{item!r}: table {table!r} is given more than once")
-        keep[table] = float(match.group(1)) * _DURATION_DAYS[match.group(2)]
+        keep[table] = _duration_days(duration, item)
     try:
         return storage.check_keep(keep)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _duration_days(duration: str, item: str | None = None) -> float:
+    """``7d``, ``36h`` or ``90m`` in days, or one BadParameter naming what was wrong."""
+    match = _DURATION.fullmatch(duration.strip())
+    if match is None:
+        raise click.BadParameter(
+            f"{(item or duration)!r}: duration {duration!r} must be a non-negative number followed by "
+            "d (days), h (hours) or m (minutes), e.g. 7d, 36h, 90m"
+        )
+    return float(match.group(1)) * _DURATION_DAYS[match.group(2)]
+
+
+def _every_seconds(value: str) -> float:
+    seconds = _duration_days(value) * 86_400
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r}: the interval must be longer than zero")
+    return seconds
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM, so a long-running command stops between rounds: raised
+    inside a DuckDB query, the interrupt would surface as "Query interrupted" with a traceback."""
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    return stopping
 
 
 def _print_retention(console: Console, report: storage.RetentionReport, keep: dict[str, float]) -> None:
@@ -194,18 +215,42 @@ def _days(days: float) -> str:
     "in d, h or m (minutes), e.g. tokens=7d or histograms=36h; runs before the merge. Tables not "
     "named are kept.",
 )
-def compact(root: str, run_ids: tuple[str, ...], min_files: int, keep: dict[str, float]) -> None:
+@click.option(
+    "--every",
+    metavar="DURATION",
+    callback=lambda ctx, param, value: None if value is None else _every_seconds(value),
+    help="Keep going: compact (and apply --keep) every DURATION, e.g. 10m, until Ctrl-C or SIGTERM. "
+    "A long run's files then never pile up; a failed round is reported and the next one tried.",
+)
+def compact(
+    root: str, run_ids: tuple[str, ...], min_files: int, keep: dict[str, float], every: float | None
+) -> None:
     """Merge each run's small files into one file per table (safe while runs are live).
 
     With --keep, old files of the named tables are deleted first, so the merge does not fold old
     rows into a file with fresh ones (retention works on whole files).
     """
     console = Console(stderr=True)
-    if keep:
+    if every is None:
         try:
-            kept = storage.apply_retention(root, keep, run_ids=list(run_ids) or None)
-        except ValueError as exc:  # a root retention cannot work on (an object store)
-            raise click.UsageError(str(exc)) from exc
+            _compact_round(console, root, run_ids, min_files, keep)
+        except OSError as exc:
+            raise click.ClickException(f"compaction failed: {exc}") from exc
+        return
+    stopping = _stop_on_signals()
+    while not stopping.is_set():
+        try:
+            _compact_round(console, root, run_ids, min_files, keep)
+        except OSError as exc:  # the store is unreachable for now (a bucket, an NFS mount)
+            console.print(f"[yellow]compaction round failed, next in {every:g} s: {_term(exc)}[/yellow]")
+        stopping.wait(every)
+
+
+def _compact_round(
+    console: Console, root: str, run_ids: tuple[str, ...], min_files: int, keep: dict[str, float]
+) -> None:
+    if keep:
+        kept = storage.apply_retention(root, keep, run_ids=list(run_ids) or None)
         _print_retention(console, kept, keep)
     report = storage.compact(root, run_ids=list(run_ids) or None, min_files=min_files)
     console.print(
@@ -495,11 +540,7 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
     store = storage.Store(root)
     writer = storage.Writer(root, flush_interval=interval)
     watcher = monitor.AlertWatcher(store, engine, writer)
-    # Ctrl-C or SIGTERM stop the watcher between ticks: raised inside a DuckDB query, the interrupt
-    # would surface as "Query interrupted" with a traceback, and the tick's alerts would be lost.
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
+    stopping = _stop_on_signals()  # between ticks, so no tick's alerts are lost
     console.print(f"watching {_term(store.root)} with {len(engine.rules)} rule(s); Ctrl-C to stop")
     try:
         if once:

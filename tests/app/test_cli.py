@@ -119,3 +119,35 @@ def test_compact_merges_and_reports(root: Path) -> None:
         cli("query", "SELECT count(*) AS n FROM metrics", "--root", str(root), "--format", "json").stdout
     )
     assert rows == [{"n": 10}]
+
+
+def test_compact_every_keeps_a_live_run_at_a_few_files_and_stops_on_sigterm(tmp_path: Path) -> None:
+    compactor = subprocess.Popen(
+        [*LOGPROBE, "compact", "--root", str(tmp_path), "--every", "0.01m"],  # every 0.6 s
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Writer(tmp_path, flush_interval=0.05) as writer:
+            for step in range(300):
+                writer.log_metrics("long", step, {"loss": float(step)})
+                time.sleep(0.01)
+        time.sleep(1.5)  # one more round after the last file
+        files = list((tmp_path / "metrics" / "run_id=long").glob("*.parquet"))
+    finally:
+        compactor.terminate()
+        _, err = compactor.communicate(timeout=30)
+    assert compactor.returncode == 0, err  # SIGTERM ends it between rounds, without a traceback
+    assert err.count("merged") >= 3 and "Traceback" not in err
+    assert len(files) == 1
+    rows = json.loads(
+        cli("query", "SELECT count(*) AS n FROM metrics", "--root", str(tmp_path), "--format", "json").stdout
+    )
+    assert rows == [{"n": 300}]
+
+
+def test_compact_every_refuses_a_zero_interval(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*LOGPROBE, "compact", "--root", str(tmp_path), "--every", "0m"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "longer than zero" in proc.stderr
