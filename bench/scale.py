@@ -674,11 +674,10 @@ def render(report: Report) -> str:
         "- `list_runs` takes points, last step and last write per run from the metric files' footers "
         "(row counts and statistics the catalog already holds), so it grows with the file count, not "
         "the rows; until issue 10 it scanned every metric row (1,231 ms at the full size, exponent 0.95).",
-        "- The chart queries scan only the run's own files (DuckDB prunes the others by their "
-        "`run_id=` directory), yet every query over a table's view binds a `read_parquet` over every "
-        "file of that table with `union_by_name`, which reads each file's schema: that part grows "
-        "with the file count of the whole store, which is why a one-run chart still slows down as "
-        "runs are added.",
+        "- The chart queries scan only the run's own files (`Store.sql_over_run`). Queries over a "
+        "table's view read files of one schema as one `read_parquet` without `union_by_name`, so "
+        "DuckDB prunes other runs' files by their `run_id=` directory before opening them; until "
+        "issue 10 every such query read every file's schema.",
         "- The correlation queries scan the rows of two metrics in every run.",
         "- The page cache is warm: a first read after a reboot also pays the disk.",
         "",

@@ -42,6 +42,9 @@ class FileInfo:
     # min and max of the x-axis columns (step, policy_version, ts as epoch seconds) from the footer's
     # row-group statistics: a chart's x range without scanning the data.
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The file's columns and their types, in order: files that share it can be read as one
+    # ``read_parquet`` without DuckDB's per-file schema reconciliation (Store.source).
+    schema_key: str = ""
 
 
 @dataclass
@@ -137,11 +140,12 @@ class Catalog:
 
     def _read_footers(self, table: str, files: list[tuple[Path, int, int]]) -> None:
         """Read and check the footers of ``files`` (new to the cache), one DuckDB query for all."""
-        checked: list[tuple[Path, int, int, pq.FileMetaData]] = []
+        checked: list[tuple[Path, int, int, pq.FileMetaData, str]] = []
         for path, size, mtime_ns in files:
             try:
                 meta = pq.read_metadata(path)
-                problem = _type_problem(table, meta.schema.to_arrow_schema())
+                schema = meta.schema.to_arrow_schema()
+                problem = _type_problem(table, schema)
             except FileNotFoundError:
                 continue  # vanished (compacted away): not cached, not listed
             except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for damaged files
@@ -149,7 +153,7 @@ class Catalog:
             if problem:
                 self._footers[path] = (size, mtime_ns, problem)
             else:
-                checked.append((path, size, mtime_ns, meta))
+                checked.append((path, size, mtime_ns, meta, ",".join(f"{f.name}:{f.type}" for f in schema)))
         if not checked:
             return
         try:
@@ -157,12 +161,12 @@ class Catalog:
         except duckdb.Error:
             # One of them is damaged in a way only DuckDB notices: find which, one file at a time.
             ranges = {}
-            for path, size, mtime_ns, _ in checked:
+            for path, size, mtime_ns, _, _ in checked:
                 try:
                     ranges.update(self._ranges([path]))
                 except duckdb.Error as exc:
                     self._footers[path] = (size, mtime_ns, f"unreadable Parquet footer: {exc}")
-        for path, size, mtime_ns, meta in checked:
+        for path, size, mtime_ns, meta, schema_key in checked:
             if path not in ranges:
                 continue
             extra = meta.metadata or {}
@@ -171,7 +175,7 @@ class Catalog:
             except ValueError as exc:
                 self._footers[path] = (size, mtime_ns, f"unreadable {SUPERSEDES_KEY.decode()}: {exc}")
                 continue
-            info = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes, ranges[path])
+            info = FileInfo(path, size, mtime_ns, meta.num_rows, supersedes, ranges[path], schema_key)
             self._footers[path] = (size, mtime_ns, info)
 
     def _ranges(self, paths: list[Path]) -> dict[Path, dict[str, tuple[float, float]]]:

@@ -202,9 +202,10 @@ def _compact_object_root(
                 remote.put_file(remote.key(table, partition.name, name), tmp)
             finally:
                 tmp.unlink(missing_ok=True)
-            for f in files:  # hidden by the merged object from here on
+            # Hidden by the merged object from here on. The local copies stay: readers sharing this
+            # copy drop them at their own next listing, between their queries, not under one.
+            for f in files:
                 remote.delete(remote.key(table, partition.name, f.path.name))
-                f.path.unlink(missing_ok=True)
             report.files_merged += len(files)
             report.files_written += 1
             report.rows += rows
@@ -221,12 +222,12 @@ def object_copy(remote: ObjectRoot, tables: tuple[str, ...]) -> Mirror:
 
 
 def remove_object_leftovers(remote: ObjectRoot, table: str, partition: Path) -> int:
-    """Delete the objects (and their local copies) that a finished merge in ``partition`` superseded."""
+    """Delete the objects that a finished merge in ``partition`` (a local copy) superseded; the
+    copies themselves go at the next sync, as in ``_compact_object_root``."""
     names = sorted(p.name for p in partition.iterdir())
     removed = 0
     for name in sorted(_superseded(partition, names) & set(names)):
         remote.delete(remote.key(table, partition.name, name))
-        (partition / name).unlink(missing_ok=True)
         removed += 1
     return removed
 

@@ -168,8 +168,8 @@ def _object_root_retention(
             report.leftovers_removed += remove_object_leftovers(remote, table, partition)
 
             def delete(path: Path, table: str = table) -> None:
+                # the local copy goes at the next sync of whoever reads it (see _compact_object_root)
                 remote.delete(remote.key(table, path.parent.name, path.name))
-                path.unlink(missing_ok=True)
 
             _expire_files(catalog, table, partition, cutoff, report, delete)
     return report

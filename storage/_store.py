@@ -29,6 +29,7 @@ from storage._schema import TABLES, duckdb_columns
 log = logging.getLogger(__name__)
 
 INTERNAL_SCHEMA = "_logprobe"
+MAX_ATTEMPTS = 3  # of a query whose files moved under it (see Store._with_retry)
 # The head of an EXPLAIN statement (after any leading comments): what follows is what it explains.
 _EXPLAIN_HEAD = re.compile(
     r"\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*EXPLAIN\b(?:\s*\([^)]*\)|\s+ANALY[SZ]E\b)?", re.I | re.S
@@ -70,6 +71,7 @@ class Store:
         self._view_files: dict[str, list[str] | None] = {}
         self._verified: set[str] = set()  # files read in full without error (see _set_aside_damaged)
         self._snapshot = None
+        self._schema_of: dict[str, str] = {}  # path -> the catalog's schema key, for source()
         self.con.execute(f"CREATE SCHEMA {INTERNAL_SCHEMA}")
         for table in TABLES:
             self.con.execute(f"CREATE TABLE {INTERNAL_SCHEMA}.empty_{table} ({duckdb_columns(table)})")
@@ -106,6 +108,7 @@ class Store:
             self.mirror.sync(full=full, max_age_s=age)
         snap = self._catalog.scan()
         self._snapshot = snap
+        self._schema_of = {str(f.path): f.schema_key for infos in snap.files.values() for f in infos}
         changed = False
         for table in TABLES:
             paths = snap.paths(table)
@@ -191,14 +194,22 @@ class Store:
             }
         )
 
-    @staticmethod
-    def source(paths: list[str]) -> str:
-        """A ``read_parquet`` over exactly these files, for queries over part of a table (new files)."""
-        listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
-        return (
-            f"read_parquet([{listing}], hive_partitioning = true, union_by_name = true, "
-            "hive_types = {'run_id': VARCHAR})"
-        )
+    def source(self, paths: list[str]) -> str:
+        """A relation over exactly these files, their columns matched by name.
+
+        Files with the same columns and types (as the catalog read them) are one ``read_parquet``
+        without ``union_by_name``: DuckDB then reads the schema once and prunes other runs' files by
+        their ``run_id=`` folder before opening them; with it, every query reads every file's
+        schema (one-run query over 2,000 files: 220 ms against 74 ms). Groups of different schemas
+        (older and newer writers) are joined by name.
+        """
+        groups: dict[str, list[str]] = {}
+        for path in paths:
+            groups.setdefault(self._schema_of.get(path, ""), []).append(path)
+        parts = [_read_parquet(group, by_name=not key) for key, group in groups.items()]
+        if len(parts) == 1:
+            return parts[0]
+        return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {part}" for part in parts) + ")"
 
     def sql_over_run(self, table: str, run_id: str, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run ``query`` with ``{source}`` standing for one run's files of ``table``.
@@ -228,26 +239,31 @@ class Store:
         return self._with_retry(run, _tables_in(query))
 
     def _with_retry(self, attempt: Callable[[], pa.Table], tables: tuple[str, ...]) -> pa.Table:
-        """Run ``attempt``; retry once if files moved under it or a damaged file was found and set aside.
+        """Run ``attempt``; run it again while files moved under it or a damaged file was set aside.
 
-        A compaction may replace files mid-query (an IOException: refresh and retry). A file whose
-        footer is fine but whose data pages are damaged fails the query with a bare ``duckdb.Error``
-        that names no file ("TProtocolException: Invalid data"): each file of the tables involved is
-        then read in full once, the damaged ones join ``bad_files``, and the query runs without them.
+        A compaction may replace files mid-query (an IOException: refresh and retry); a compaction
+        loop beside a live run can do that again during the retry, so up to ``MAX_ATTEMPTS`` tries,
+        each after a refresh that found the files changed. A file whose footer is fine but whose
+        data pages are damaged fails the query with a bare ``duckdb.Error`` that names no file
+        ("TProtocolException: Invalid data"): each file of the tables involved is then read in full
+        once, the damaged ones join ``bad_files``, and the query runs without them.
         """
-        try:
-            return attempt()
-        except duckdb.Error as exc:
-            if isinstance(exc, duckdb.IOException):
-                moved = self.refresh(max_age_s=0.0)  # a file vanished: look now
-                if not moved and not self._set_aside_damaged(tables):
+        for tries_left in range(MAX_ATTEMPTS - 1, -1, -1):
+            try:
+                return attempt()
+            except duckdb.Error as exc:
+                if not tries_left:
                     raise
-            elif type(exc) is duckdb.Error or isinstance(exc, duckdb.InvalidInputException):
-                if not self._set_aside_damaged(tables):
+                if isinstance(exc, duckdb.IOException):
+                    moved = self.refresh(max_age_s=0.0)  # a file vanished: look now
+                    if not moved and not self._set_aside_damaged(tables):
+                        raise
+                elif type(exc) is duckdb.Error or isinstance(exc, duckdb.InvalidInputException):
+                    if not self._set_aside_damaged(tables):
+                        raise
+                else:
                     raise
-            else:
-                raise
-            return attempt()
+        raise AssertionError("unreachable: the last try returns or raises")
 
     def _set_aside_damaged(self, tables: tuple[str, ...]) -> bool:
         """Read every not-yet-verified file of ``tables`` in full; True if any was damaged."""
@@ -318,6 +334,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_parquet(paths: list[str], *, by_name: bool) -> str:
+    listing = ", ".join("'" + p.replace("'", "''") + "'" for p in paths)
+    return (
+        f"read_parquet([{listing}], hive_partitioning = true, union_by_name = {str(by_name).lower()}, "
+        "hive_types = {'run_id': VARCHAR})"
+    )
 
 
 def _tables_in(query: str) -> tuple[str, ...]:
