@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -551,6 +552,57 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
     finally:
         engine.close()
         writer.close()
+
+
+@main.command("findings")
+@root_option
+@click.option(
+    "--run", "run_ids", multiple=True, callback=_check_run_ids, help="This run (repeatable; default: all)."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json")),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def findings(root: str, run_ids: tuple[str, ...], fmt: str) -> None:
+    """What the monitor found per run: kept by a watcher or inline alerts, else scanned once and
+    kept (only new files are read next time). JSON is a list of objects with run_id, metric,
+    detector, severity, step_first, step_last, step_detected, value, message."""
+    with storage.Store(root) as store:
+        known = {r["run_id"] for r in storage.list_runs(store).to_pylist()}
+        missing = [r for r in run_ids if r not in known]
+        if missing:
+            raise click.UsageError(f"no run {', '.join(map(repr, missing))} under {root}")
+        found = [f for run_id in (run_ids or sorted(known)) for f in monitor.run_findings(store, run_id)]
+    rows = [{c: getattr(f, c) for c in FINDING_COLUMNS} for f in found]
+    if fmt == "json":
+        # Standard JSON has no NaN or Infinity (a nonfinite finding's value): they go as strings.
+        plain = [{**r, "value": r["value"] if math.isfinite(r["value"]) else str(r["value"])} for r in rows]
+        click.echo(json.dumps(plain, indent=1))
+        return
+    _emit(pa.Table.from_pylist(rows, schema=FINDING_SCHEMA), "table")
+
+
+FINDING_COLUMNS = (
+    "run_id",
+    "metric",
+    "detector",
+    "severity",
+    "step_first",
+    "step_last",
+    "step_detected",
+    "value",
+    "message",
+)
+FINDING_SCHEMA = pa.schema(
+    [
+        (c, pa.int64() if c.startswith("step") else pa.float64() if c == "value" else pa.string())
+        for c in FINDING_COLUMNS
+    ]
+)
 
 
 @alerts.command("list")

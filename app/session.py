@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -55,14 +54,10 @@ def store(root: str, *, confined: bool = False) -> storage.Store:
 
 
 def findings(db: storage.Store, run_id: str) -> list[monitor.Finding]:
-    """The monitor's findings for one run, recomputed only when the run's metric files changed."""
-    files = tuple(p for p in db.files("metrics") if Path(p).parent.name == f"run_id={run_id}")
-    cache = st.session_state.setdefault("findings", {})
-    hit = cache.get(run_id)
-    if hit is None or hit[0] != files:
-        hit = (files, monitor.detect_run(db, run_id))
-        cache[run_id] = hit
-    return hit[1]
+    """The monitor's findings for one run: from the ``findings`` table when a watcher or the
+    collector keeps them, else from the scan kept on disk, which reads only files it has not seen.
+    Nothing is kept per browser session, so a new tab or a refresh never rescans a run."""
+    return monitor.run_findings(db, run_id)
 
 
 def live_series(run_ids: list[str], metric: str, x: str, max_points: int) -> storage.LiveSeries:

@@ -55,6 +55,7 @@ class Run:
         self._closed = False
         self._owns_writer = True
         self.alerts: Any = None  # a monitor.AlertEngine, evaluated on every log()
+        self.detectors: Any = None  # a monitor.RunMonitor beside it, its findings kept in the store
         self.on_alert = "log"
 
     # -------------------------------------------------------------- scalars
@@ -86,6 +87,8 @@ class Run:
             self._check_alerts(step, metrics)
 
     def _check_alerts(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if self.detectors is not None:
+            self._check_detectors(step, metrics)
         try:
             changed = self.alerts.observe(self.run_id, step, metrics)
         except Exception as exc:  # a broken rule must not stop training
@@ -102,6 +105,22 @@ class Run:
             self.writer.flush()
             first = firing[0]
             raise AlertFiredError(f"run {self.run_id} step {step}: {first.message} (rule {first.rule})")
+
+    def _check_detectors(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Feed this step to the calibrated detectors; findings that open, worsen or close land in
+        the ``findings`` table at once, so readers never rescan this run."""
+        try:
+            changed = self.detectors.observe(step, metrics)
+        except Exception as exc:  # a detector bug must not stop training
+            log.warning("logprobe: drift detection failed: %s", exc)
+            return
+        now = time.time()
+        for finding in changed:
+            self.writer.append(
+                "findings",
+                self.run_id,
+                {**finding.row(), "ts": now, "source": self.source, "rank": self.rank, "worker": self.worker},
+            )
 
     def log_mismatch(
         self,
@@ -255,6 +274,7 @@ def init(
     worker: str | None = None,
     alerts: Any = None,
     on_alert: str = "log",
+    reference: str | None = None,
 ) -> Run:
     """Start (or join, with the same ``run_id``) a run and write its ``runs`` row.
 
@@ -264,6 +284,11 @@ def init(
     ``alerts``: ``True`` for the shipped rules, a TOML rule file, or a ``monitor.AlertEngine``;
     rules are evaluated on every ``log`` and alerts land in the ``alerts`` table. With
     ``on_alert="raise"`` a firing alert raises :class:`AlertFiredError` to stop a run gone off the rails.
+    With ``alerts``, the monitor's calibrated detectors also run inline and write their findings to
+    the ``findings`` table as they happen.
+
+    ``reference``: the id of a healthy run this one is judged against (recorded in ``runs``): a
+    mismatch floor several times the reference's is flagged even under the field's thresholds.
     """
     # Everything is checked before the writer exists: a rejected argument must not leave a
     # background thread behind, nor a half-written run.
@@ -281,12 +306,16 @@ def init(
             raise TypeError(f"tags must be a list of str, got {short_repr(tags)}")
         tags = [_text("tags", t) for t in tags]
     config_json = to_json(config) if config is not None else None
+    if reference is not None:
+        reference = check_name("reference", reference)
     engine = _alert_engine(alerts)
     writer = Writer(root, flush_interval=flush_interval)
     run = Run(writer, run_id, source=source, rank=rank, worker=worker)
     if engine is not None:
         run.alerts = engine
         run.on_alert = on_alert
+        run.detectors = _detectors(writer, run_id, reference)
+        run.event("monitor", by="inline", reference=reference)
     from collectors import __version__
 
     writer.append(
@@ -305,6 +334,7 @@ def init(
             "source": source,
             "rank": rank,
             "worker": worker,
+            "reference_run": reference,
         },
     )
     run.event("run_start")
@@ -437,6 +467,23 @@ def _alert_engine(alerts: Any) -> Any:
             f"alerts must be True, a rule file path or a monitor.AlertEngine, got {type(alerts).__name__}"
         )
     return monitor.AlertEngine.from_file(alerts)
+
+
+def _detectors(writer: Writer, run_id: str, reference: str | None) -> Any:
+    """The inline RunMonitor, judged against ``reference`` when that run has metrics in the store;
+    a store that cannot be read only costs the reference comparison, never the run."""
+    import monitor
+    import storage
+
+    ref = None
+    if reference is not None:
+        try:
+            ref = monitor.load_reference(storage.Store(writer.root), reference)
+        except Exception as exc:
+            log.warning("logprobe: reference run %s unreadable, judging without it: %s", reference, exc)
+        if ref is None:
+            log.warning("logprobe: reference run %s has no metrics yet; judging without it", reference)
+    return monitor.RunMonitor(run_id, reference=ref)
 
 
 _ENGINE_TYPES = {f.name: f.type for f in SCHEMAS["engines"]}

@@ -1,15 +1,17 @@
 """Drift detection over what ``storage`` returns: pure functions, no Streamlit, no I/O of its own.
 
-- detectors over one run's metric series (thresholds with hysteresis, CUSUM creep, robust-z spikes,
-  EWMA residuals for trending metrics, NaN/Inf), and their attribution to mid-run engine changes;
+- online detectors over one run's metric series, each calibrated to a stated false-alarm rate
+  (the field's thresholds with hysteresis, CUSUM shifts against the run's own baseline and against a
+  reference run, isolated spikes, jumps of metrics that trend by design, NaN/Inf), the run monitor
+  that feeds them only new points, the findings it keeps, and their attribution to engine changes;
 - flag correlation across runs and segments, and flag diffs;
 - parity reports of a run against a reference run (Markdown and HTML);
 - alert rules, their state machine, webhook notifiers, and the store watcher.
 """
 
 from monitor._alerts import Alert, AlertEngine, Rule, RuleError, WebhookNotifier, default_rules, load_rules
-from monitor._detectors import cusum, ewma_residuals, nonfinite, spikes, threshold
-from monitor._findings import SEVERITIES, Finding
+from monitor._detectors import DEFAULT_ARL0, Baseline, Jump, Level, NonFinite, Shift, cusum_limit, jump_limit
+from monitor._findings import DETECTORS, SEVERITIES, Finding
 from monitor._flags import (
     ConfigChange,
     FlagEffect,
@@ -19,47 +21,75 @@ from monitor._flags import (
     flag_effects,
     segments,
 )
+from monitor._kept import findings_cache_dir, run_findings
+from monitor._online import Reference, RunMonitor, Settings
 from monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
-from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
-from monitor._scan import Attribution, attribute, detect, detect_run
+from monitor._rules import DEFAULT_THRESHOLDS, Threshold
+from monitor._scan import (
+    Attribution,
+    attribute,
+    detect,
+    detect_run,
+    feed,
+    load_reference,
+    metric_rows,
+    monitor_for,
+    reference_of,
+)
 from monitor._smoothing import ema
+from monitor._specs import SPECS, MetricSpec, spec_for
 from monitor._watch import AlertWatcher
 
 __all__ = [
     "CONTEXT_METRICS",
-    "CREEPING",
+    "DEFAULT_ARL0",
     "DEFAULT_THRESHOLDS",
     "DEFAULT_TOLERANCES",
+    "DETECTORS",
     "SEVERITIES",
-    "TRENDING",
+    "SPECS",
     "Alert",
     "AlertEngine",
     "AlertWatcher",
     "Attribution",
+    "Baseline",
     "ConfigChange",
     "Finding",
     "FlagEffect",
+    "Jump",
+    "Level",
     "MetricParity",
+    "MetricSpec",
+    "NonFinite",
     "ParityReport",
+    "Reference",
     "Rule",
     "RuleError",
+    "RunMonitor",
     "Segment",
+    "Settings",
+    "Shift",
     "Threshold",
     "WebhookNotifier",
     "attribute",
     "config_changes",
-    "cusum",
+    "cusum_limit",
     "default_rules",
     "detect",
     "detect_run",
     "ema",
-    "ewma_residuals",
+    "feed",
+    "findings_cache_dir",
     "flag_diff",
     "flag_effects",
+    "jump_limit",
+    "load_reference",
     "load_rules",
-    "nonfinite",
+    "metric_rows",
+    "monitor_for",
     "parity",
+    "reference_of",
+    "run_findings",
     "segments",
-    "spikes",
-    "threshold",
+    "spec_for",
 ]

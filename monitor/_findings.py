@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SEVERITIES = ("warn", "bad", "error")
+DETECTORS = ("nonfinite", "threshold", "shift", "reference", "spike", "jump")
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,27 @@ class Finding:
     step_first: int
     step_last: int
     severity: str  # "warn" | "bad" | "error"
-    detector: str  # "threshold" | "cusum" | "spike" | "ewma" | "nonfinite"
-    value: float  # the most telling value in the range (the worst, or the detector's statistic)
+    detector: str  # one of DETECTORS
+    value: float  # the most telling value in the range (the worst, or the excursion's level)
     message: str
-    step_detected: int | None = None  # when an online detector would have fired (None: step_first)
+    step_detected: int | None = None  # when the online detector fired (None: step_first)
+    state: str = "closed"  # "open" while the excursion goes on
+
+    @property
+    def key(self) -> tuple[str, str, str, int]:
+        """One excursion of one detector: later rows about it (worse, longer, closed) share it."""
+        return (self.run_id, self.metric, self.detector, self.step_first)
+
+    def row(self) -> dict[str, object]:
+        """The ``findings`` table's columns (``run_id`` is the partition)."""
+        return {
+            "metric": self.metric,
+            "detector": self.detector,
+            "severity": self.severity,
+            "step_first": self.step_first,
+            "step_last": self.step_last,
+            "step_detected": self.step_first if self.step_detected is None else self.step_detected,
+            "value": self.value,
+            "message": self.message,
+            "state": self.state,
+        }

@@ -35,7 +35,3 @@ DEFAULT_THRESHOLDS: dict[str, list[Threshold]] = {
     "mismatch/chi2": [Threshold(bad=1.0, source="verl health check")],
     "mismatch/prob_pearson": [Threshold(warn=0.99, below=True, source="MiniMax-M1")],
 }
-# Metrics that drift by design during training: judged by EWMA residuals, not by levels.
-TRENDING = ("train/kl_ref", "train/entropy", "train/clip_frac")
-# Metrics whose slow creep matters (one-sided CUSUM upward).
-CREEPING = ("mismatch/k3", "mismatch/abs_logp_diff_mean", "mismatch/abs_prob_diff_mean", "mismatch/chi2")

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from monitor._detectors import cusum, ewma_residuals, nonfinite, spikes, threshold
 from monitor._findings import Finding
 from monitor._flags import ConfigChange, config_changes
-from monitor._rules import CREEPING, DEFAULT_THRESHOLDS, TRENDING, Threshold
+from monitor._online import DEFAULT_SETTINGS, Reference, RunMonitor, Settings
+from monitor._rules import Threshold
 from storage import Store
 
 
@@ -20,40 +21,103 @@ def detect(
     steps: np.ndarray,
     values: np.ndarray,
     thresholds: dict[str, list[Threshold]] | None = None,
+    *,
+    reference: Reference | None = None,
+    settings: Settings = DEFAULT_SETTINGS,
 ) -> list[Finding]:
-    """All detectors that apply to ``metric``, newest problems last."""
-    rules = DEFAULT_THRESHOLDS if thresholds is None else thresholds
-    order = np.argsort(steps, kind="stable")
-    steps, values = np.asarray(steps)[order], np.asarray(values, dtype=np.float64)[order]
-    found = nonfinite(run_id, metric, steps, values)
-    for rule in rules.get(metric, []):
-        found += threshold(run_id, metric, steps, values, rule)
-    if metric in CREEPING:
-        found += cusum(run_id, metric, steps, values)
-    if metric in TRENDING:
-        found += ewma_residuals(run_id, metric, steps, values)
-    elif metric.startswith(("mismatch/", "reward/", "train/", "response/")):
-        found += spikes(run_id, metric, steps, values)
-    return sorted(found, key=lambda f: (f.step_first, f.metric))
+    """All detectors that apply to ``metric`` over a whole series, by onset."""
+    monitor = RunMonitor(run_id, thresholds=thresholds, reference=reference, settings=settings)
+    monitor.update(metric, steps, values)
+    return monitor.findings()
 
 
-def detect_run(
-    store: Store, run_id: str, thresholds: dict[str, list[Threshold]] | None = None
-) -> list[Finding]:
-    """Findings for every metric of one run (several rows at one step, e.g. ranks, are averaged)."""
-    table: pa.Table = store.sql(
-        "SELECT name, step, avg(value) AS value FROM metrics WHERE run_id = ? GROUP BY name, step "
-        "ORDER BY name, step",
-        [run_id],
+def metric_rows(
+    store: Store, run_id: str, paths: list[str] | None = None, after: int | None = None
+) -> pa.Table:
+    """A run's metric rows as (name, step, value) in file order; only from ``paths`` and past step
+    ``after`` when given (a tick reads what is new). Neither grouped nor sorted here: sorting 20M
+    rows by a text key is most of a scan's cost in DuckDB, and ``feed`` does it on integer codes."""
+    source = "metrics" if paths is None else store.source(paths)
+    return store.sql(
+        f"SELECT name, step, value FROM {source} WHERE run_id = ? AND step > ?",
+        [run_id, -(2**63) if after is None else after],
     )
+
+
+def feed(monitor: RunMonitor, table: pa.Table) -> list[Finding]:
+    """Feed rows of many metrics: grouped by metric through dictionary codes (a radix sort), each
+    metric's points put in step order, rows that share a step (ranks) averaged, by ``update``."""
+    if table.num_rows == 0:
+        return []
+    encoded = pc.dictionary_encode(table.column("name")).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    names = encoded.dictionary.to_pylist()
+    steps = table.column("step").to_numpy()
+    values = table.column("value").to_numpy(zero_copy_only=False)
+    order = np.argsort(codes.astype(np.int32 if len(names) > 32767 else np.int16), kind="stable")
+    codes = codes[order]
+    cuts = np.flatnonzero(codes[1:] != codes[:-1]) + 1
+    out: list[Finding] = []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(codes)], strict=True):
+        idx = order[a:b]
+        name = names[codes[a]]
+        if name is not None:
+            out += monitor.update(name, steps[idx], values[idx])
+    return out
+
+
+def load_reference(store: Store, run_id: str, settings: Settings = DEFAULT_SETTINGS) -> Reference | None:
+    """The baselines of a reference run from the store; None if it has no metrics (yet)."""
+    table = metric_rows(store, run_id)
+    if table.num_rows == 0:
+        return None
     names = np.asarray(table.column("name").to_pylist(), dtype=object)
     steps = table.column("step").to_numpy()
     values = table.column("value").to_numpy(zero_copy_only=False)
-    found: list[Finding] = []
+    series = {}
     for name in dict.fromkeys(names.tolist()):
-        idx = names == name
-        found += detect(run_id, name, steps[idx], values[idx], thresholds)
-    return found
+        idx = np.flatnonzero(names == name)
+        series[str(name)] = values[idx[np.argsort(steps[idx], kind="stable")]]
+    return Reference.of_series(run_id, series, settings)
+
+
+def reference_of(store: Store, run_id: str) -> str | None:
+    """The reference run recorded for ``run_id`` (``collectors.init(reference=...)``), if any."""
+    row = store.sql(
+        "SELECT max(reference_run) AS ref FROM runs WHERE run_id = ? AND reference_run IS NOT NULL "
+        "AND reference_run <> run_id",
+        [run_id],
+    ).to_pylist()
+    return row[0]["ref"] if row else None
+
+
+def monitor_for(
+    store: Store,
+    run_id: str,
+    thresholds: dict[str, list[Threshold]] | None = None,
+    reference: str | None = None,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> RunMonitor:
+    """A fresh RunMonitor for ``run_id``, judged against ``reference`` (default: the one the run
+    recorded) when that run has metrics."""
+    ref_id = reference if reference is not None else reference_of(store, run_id)
+    ref = load_reference(store, ref_id, settings) if ref_id else None
+    return RunMonitor(run_id, thresholds=thresholds, reference=ref, settings=settings)
+
+
+def detect_run(
+    store: Store,
+    run_id: str,
+    thresholds: dict[str, list[Threshold]] | None = None,
+    *,
+    reference: str | None = None,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> list[Finding]:
+    """Findings for every metric of one run: a full scan (the kept, incremental one is
+    ``monitor.run_findings``)."""
+    monitor = monitor_for(store, run_id, thresholds, reference, settings)
+    feed(monitor, metric_rows(store, run_id))
+    return monitor.findings()
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``logprobe alerts watch``: tail the store, feed new steps to the alert engine, record alerts.
+"""``logprobe alerts watch``: tail the store, feed new steps to the alert engine and to each run's
+calibrated detectors, record alerts and findings as they happen.
 
 Each tick lists the files (cheap: the catalog reads only new footers), then asks DuckDB for the
 rows of rule metrics past each run's cursor in the files that appeared since the last tick only:
@@ -9,12 +10,18 @@ a query over the whole table read ~1,000 more file schemas each minute).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 import duckdb
+import numpy as np
+import pyarrow as pa
 
 from monitor._alerts import Alert, AlertEngine
+from monitor._findings import Finding
+from monitor._online import RunMonitor
+from monitor._scan import feed, monitor_for
 from storage import Store, Writer
 
 
@@ -25,24 +32,29 @@ class AlertWatcher:
         self.writer = writer
         self._cursor: dict[str, int] = {}
         self._seen: set[str] = set()  # files already read
+        self.monitors: dict[str, RunMonitor] = {}  # the detectors of each run seen
+        self.findings: list[Finding] = []  # every finding change, in order (for callers and tests)
 
     def tick(self) -> list[Alert]:
         """Process every step written since the last tick; returns the alerts that changed state."""
         self.store.refresh()
-        names = sorted(self.engine.metrics)
-        if not names:
-            return []
         files = self.store.files("metrics")
         new = [f for f in files if f not in self._seen]
         if not new:
             return []
         try:
-            rows = self._rows_past_cursors(new, names)
+            table = self._rows_past_cursors(new)
         except duckdb.IOException:  # a compaction replaced files under the query: look again
             self.store.refresh()
             files = self.store.files("metrics")
-            rows = self._rows_past_cursors([f for f in files if f not in self._seen], names)
+            table = self._rows_past_cursors([f for f in files if f not in self._seen])
         self._seen = set(files)  # files compacted away are forgotten, so the set stays small
+        if table.num_rows == 0:
+            return []
+        self._detect(table)
+        names = self.engine.metrics
+        rows = [r for r in table.to_pylist() if r["name"] in names] if names else []
+        rows.sort(key=lambda r: (r["run_id"], r["step"]))
         by_step: dict[tuple[str, int], dict[str, float]] = {}
         for row in rows:
             by_step.setdefault((row["run_id"], row["step"]), {})[row["name"]] = row["value"]
@@ -53,22 +65,50 @@ class AlertWatcher:
                 for alert in alerts:
                     self.writer.append("alerts", run_id, {**alert.row(), "source": "watcher"})
             changed += alerts
-            self._cursor[run_id] = max(step, self._cursor.get(run_id, step))
-        if self.writer is not None and changed:
+        if self.writer is not None:
             self.writer.flush()
         return changed
 
-    def _rows_past_cursors(self, paths: list[str], names: list[str]) -> list[dict]:
+    def _detect(self, table: pa.Table) -> None:
+        """Feed each run's new rows to its detectors and record what changed; a run seen for the
+        first time gets a ``monitor`` event, so readers take its findings from the store."""
+        run_ids = np.asarray(table.column("run_id").to_pylist(), dtype=object)
+        steps = table.column("step").to_numpy()
+        for run_id in dict.fromkeys(run_ids.tolist()):
+            idx = np.flatnonzero(run_ids == run_id)
+            self._cursor[run_id] = max(int(steps[idx].max()), self._cursor.get(run_id, -(2**63)))
+            mon = self.monitors.get(run_id)
+            if mon is None:
+                mon = self.monitors[run_id] = monitor_for(self.store, run_id)
+                if self.writer is not None:
+                    ref = mon.reference.run_id if mon.reference is not None else None
+                    self.writer.append(
+                        "events",
+                        run_id,
+                        {
+                            "kind": "monitor",
+                            "ts": time.time(),
+                            "source": "watcher",
+                            "payload": json.dumps({"by": "watcher", "reference": ref}),
+                        },
+                    )
+            changed = feed(mon, table.take(idx))
+            self.findings += changed
+            if self.writer is not None:
+                now = time.time()
+                for finding in changed:
+                    self.writer.append("findings", run_id, {**finding.row(), "ts": now, "source": "watcher"})
+
+    def _rows_past_cursors(self, paths: list[str]) -> pa.Table:
         if not paths:
-            return []
+            return pa.table({"run_id": [], "step": [], "name": [], "value": []})
         return self.store.sql(
             "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
             f"SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {self.store.source(paths)} m "
-            "LEFT JOIN c USING (run_id) WHERE m.name IN (SELECT unnest(?)) "
-            "AND m.step > coalesce(c.after, -9223372036854775808) "
-            "GROUP BY ALL ORDER BY m.run_id, m.step",
-            [list(self._cursor), list(self._cursor.values()), names],
-        ).to_pylist()
+            "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
+            "GROUP BY ALL ORDER BY m.run_id, m.name, m.step",
+            [list(self._cursor), list(self._cursor.values())],
+        )
 
     def run(
         self,

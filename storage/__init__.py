@@ -13,11 +13,13 @@ from storage._queries import (
     alerts,
     engines,
     events,
+    findings,
     histogram_matrix,
     list_runs,
     metric_names,
     metric_series,
     metrics_after,
+    monitored_runs,
     worst_tokens,
 )
 from storage._retention import RetentionReport, apply_retention, check_keep
@@ -50,6 +52,7 @@ __all__ = [
     "connect",
     "engines",
     "events",
+    "findings",
     "flatten_flags",
     "histogram_matrix",
     "list_runs",
@@ -57,6 +60,7 @@ __all__ = [
     "metric_names",
     "metric_series",
     "metrics_after",
+    "monitored_runs",
     "resolve_root",
     "worst_tokens",
 ]

@@ -241,6 +241,28 @@ def alerts(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
     )
 
 
+def findings(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
+    """The newest row of each finding (one detector's excursion on one metric) kept in the store by
+    a watcher or an inline monitor, newest detection first."""
+    where, params = _run_filter(run_ids)
+    return store.sql(
+        "SELECT run_id, metric, detector, severity, step_first, step_last, step_detected, value, "
+        f"message, state, source, ts FROM findings {where} QUALIFY row_number() OVER (PARTITION BY "
+        "run_id, metric, detector, step_first ORDER BY ts DESC, state = 'closed' DESC, "
+        "step_last DESC) = 1 ORDER BY step_detected DESC, run_id, metric",
+        params,
+    )
+
+
+def monitored_runs(store: Store, run_ids: Sequence[str] | None = None) -> set[str]:
+    """Runs whose findings a live monitor (the watcher, or the collector inline) keeps in the store:
+    they have a ``monitor`` event, written when it took the run on."""
+    where, params = _run_filter(run_ids)
+    cond = where.replace("WHERE", "AND") if where else ""
+    rows = store.sql(f"SELECT DISTINCT run_id FROM events WHERE kind = 'monitor' {cond}", params)
+    return set(rows.column("run_id").to_pylist())
+
+
 def histogram_matrix(store: Store, run_id: str, name: str = "log_ratio") -> pa.Table:
     """One run's histogram counts per (step, bin), summed over ranks: the tokens heatmap's data."""
     return store.sql(

@@ -12,7 +12,7 @@ import re
 
 import pyarrow as pa
 
-TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts")
+TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts", "findings")
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -36,6 +36,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("config", pa.string()),  # JSON of the user's config
             pa.field("logprobe_version", pa.string()),
             *_origin,
+            # added with calibrated detectors: the run this one is judged against (its healthy twin)
+            pa.field("reference_run", pa.string()),
         ]
     ),
     "engines": pa.schema(
@@ -132,6 +134,23 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("threshold", pa.float64()),
             pa.field("state", pa.string()),  # "firing" | "resolved"
             pa.field("message", pa.string()),
+        ]
+    ),
+    # One row each time a detector's finding opens, worsens or closes; readers keep the newest row
+    # per (run_id, metric, detector, step_first).
+    "findings": pa.schema(
+        [
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("metric", pa.string()),
+            pa.field("detector", pa.string()),
+            pa.field("severity", pa.string()),
+            pa.field("step_first", pa.int64()),
+            pa.field("step_last", pa.int64()),
+            pa.field("step_detected", pa.int64()),
+            pa.field("value", pa.float64()),
+            pa.field("message", pa.string()),
+            pa.field("state", pa.string()),  # "open" | "closed"
         ]
     ),
 }

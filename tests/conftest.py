@@ -27,6 +27,8 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Nothing a test does may land in the developer's ./logprobe-data.
     monkeypatch.setenv("LOGPROBE_DIR", str(tmp_path / "default-root"))
+    # ... nor in the developer's ~/.cache/logprobe (kept scans, object-store copies).
+    monkeypatch.setenv("LOGPROBE_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def run_python(

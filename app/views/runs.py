@@ -23,7 +23,7 @@ def render(ctx: Context) -> None:
         latest_engine[engine["run_id"]] = engine  # oldest first, so the last one wins
     rows = []
     for run in ctx.runs:
-        found = [f for f in findings(ctx.store, run["run_id"]) if f.detector in ("threshold", "nonfinite")]
+        found = findings(ctx.store, run["run_id"])
         worst = max((f.severity for f in found), key=monitor.SEVERITIES.index, default=None)
         engine = latest_engine.get(run["run_id"], {})
         rows.append(
@@ -58,7 +58,10 @@ def render(ctx: Context) -> None:
             "why",
         ],
         column_config={
-            "health": st.column_config.TextColumn("health", help="From the monitor's thresholds; see 'why'"),
+            "health": st.column_config.TextColumn(
+                "health",
+                help="The worst of the monitor's findings (detectors and the field's levels); see 'why'",
+            ),
             "why": st.column_config.TextColumn("why", help="The findings behind the badge"),
             "age_s": st.column_config.NumberColumn("age (s)", help="Seconds since the last write"),
             "selected": st.column_config.CheckboxColumn("compared", help="Pick runs in the sidebar"),

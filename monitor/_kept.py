@@ -1,0 +1,136 @@
+"""A run's findings as readers get them: from the store when a live monitor keeps them, else from
+one scan kept on disk and resumed with only the files that appeared since.
+
+A run with a ``monitor`` event has its findings written as they happen (``logprobe alerts watch``
+or ``collectors.init(alerts=...)``), so readers only read the ``findings`` table. Any other run is
+scanned once; the monitor's state goes to ``$LOGPROBE_CACHE_DIR/findings`` (else
+``~/.cache/logprobe/findings``), keyed by the root and the run and listing the metric files it
+consumed. Committed files are immutable and every row lives in one file, so the next call feeds
+only the rows of new files; a file that vanished (compaction merged it) means a rescan. Every
+process and browser session shares the one copy on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import storage
+from monitor._findings import Finding
+from monitor._online import RunMonitor
+from monitor._scan import feed, metric_rows, monitor_for
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LOGPROBE_CACHE_DIR"
+
+
+def findings_cache_dir(store: Store) -> Path:
+    """Where scans of this store's runs are kept: one folder per root."""
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "logprobe"
+    )
+    root = str(store.location)
+    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
+    return Path(base).expanduser().absolute() / "findings" / digest
+
+
+def stored_findings(store: Store, run_id: str) -> list[Finding]:
+    """The newest row of each finding a live monitor wrote for ``run_id``."""
+    rows = storage.findings(store, [run_id]).to_pylist()
+    return sorted(
+        (
+            Finding(
+                run_id=r["run_id"],
+                metric=r["metric"],
+                step_first=r["step_first"],
+                step_last=r["step_last"],
+                severity=r["severity"],
+                detector=r["detector"],
+                value=r["value"],
+                message=r["message"],
+                step_detected=r["step_detected"],
+                state=r["state"],
+            )
+            for r in rows
+        ),
+        key=lambda f: (f.step_first, f.metric, f.detector),
+    )
+
+
+def run_findings(store: Store, run_id: str, *, cache_dir: Path | None = None) -> list[Finding]:
+    """The run's findings now, at the cost of what was written since the last call."""
+    if run_id in storage.monitored_runs(store, [run_id]):
+        return stored_findings(store, run_id)
+    return KeptScan(store, run_id, cache_dir).update()
+
+
+class KeptScan:
+    """One run's scan state on disk; ``update`` feeds the rows of files it has not seen."""
+
+    def __init__(self, store: Store, run_id: str, cache_dir: Path | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        directory = cache_dir if cache_dir is not None else findings_cache_dir(store)
+        self.path = directory / (hashlib.sha256(run_id.encode()).hexdigest()[:24] + ".json")
+        self.rows_read = 0  # rows fed by the last update (0: nothing new)
+        self.rescanned = False  # whether the last update started from scratch
+        self.scans = 0  # full scans of this run kept in the file (kept across processes)
+        self.updates = 0  # updates that read new files
+
+    def update(self) -> list[Finding]:
+        partition = f"run_id={self.run_id}"
+        files = [p for p in self.store.files("metrics") if Path(p).parent.name == partition]
+        names = {Path(p).name: p for p in files}
+        monitor, seen = self._load()
+        self.rescanned = monitor is None or not seen <= set(names)
+        if self.rescanned:
+            monitor, seen = monitor_for(self.store, self.run_id), set()
+            self.scans += 1
+        assert monitor is not None
+        new = [path for name, path in names.items() if name not in seen]
+        self.rows_read = 0
+        if new:
+            table = metric_rows(self.store, self.run_id, paths=new)
+            self.rows_read = table.num_rows
+            feed(monitor, table)
+            self.updates += 1
+            self._save(monitor, set(names))
+        return monitor.findings()
+
+    def _load(self) -> tuple[RunMonitor | None, set[str]]:
+        try:
+            saved = json.loads(self.path.read_text())
+            if saved.get("root") != str(self.store.location) or saved.get("run_id") != self.run_id:
+                return None, set()
+            self.scans, self.updates = int(saved.get("scans", 0)), int(saved.get("updates", 0))
+            return RunMonitor.from_state(saved["state"]), set(saved["files"])
+        except FileNotFoundError:
+            return None, set()
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache is rebuilt
+            log.warning("logprobe: rescanning %s: kept scan %s unreadable (%s)", self.run_id, self.path, exc)
+            return None, set()
+
+    def _save(self, monitor: RunMonitor, files: set[str]) -> None:
+        """Atomically (temp file, then rename): two dashboards saving at once leave one whole file."""
+        body = {
+            "root": str(self.store.location),
+            "run_id": self.run_id,
+            "scans": self.scans,
+            "updates": self.updates,
+            "files": sorted(files),
+        }
+        body["state"] = monitor.state()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w") as out:
+                json.dump(body, out, allow_nan=True)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a read-only home: the scan is still right, only not kept
+            log.warning("logprobe: cannot keep the scan of %s in %s: %s", self.run_id, self.path.parent, exc)

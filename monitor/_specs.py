@@ -1,0 +1,124 @@
+"""How each metric is judged: which direction is bad, and the scale its noise lives on.
+
+Mismatch metrics are positive and multiplicative (a bf16 head multiplies |dlogp| by 4, it does not
+add 0.003), so they are judged as ``log(badness)``: a shift of ``log 2`` is "doubled" whatever the
+run's floor, and heavy upper tails shrink to something CUSUM can sum. Metrics whose bad direction
+is down and that are bounded by 1 (Pearson, ESS) are judged as ``log(1 - x)``, so "agreement
+became perfect" can never raise a finding. Metrics that trend by design (KL, entropy, clip rate)
+are judged by their step-to-step jumps only, on their own scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# The transforms onto the scale a detector works on (larger is always worse there).
+LOG = "log"  # log(max(x, floor))
+LOG_ONE_MINUS = "log1m"  # log(max(1 - x, floor)): bounded-by-one metrics whose bad direction is down
+LOG_ABS = "logabs"  # log(max(|x|, floor)): signed metrics whose size is the harm (k1, seq log-ratio)
+LOG_ABS_LOG = "logabslog"  # log(max(|log x|, floor)): ratios that should be 1 (ratio_mean)
+NEG_LOG = "neglog"  # log(max(-log x, floor)): a min ratio that should be near 1 from below
+RAW = "raw"  # the value itself (trending metrics)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What is bad for one metric and how detectors see it.
+
+    ``transform`` maps values so that up is bad; ``floor`` keeps a metric that is often exactly 0
+    (a fraction of tokens outside a band) from becoming -inf there. ``shift`` turns on the level
+    detectors (own baseline and reference), ``spike`` the isolated-point detector, ``jump`` the
+    EWMA-residual detector for trending metrics, with ``direction`` "up", "down" or "both".
+    """
+
+    transform: str = LOG
+    floor: float = 1e-12
+    shift: bool = True
+    spike: bool = True
+    jump: bool = False
+    direction: str = "up"
+    label: str = "rose"  # how a bad move reads in a message: "rose", "fell", "grew"
+
+    def badness(self, values: np.ndarray) -> np.ndarray:
+        """``values`` on the detector scale (up is worse); NaN stays NaN."""
+        x = np.asarray(values, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.transform == LOG:
+                y = x
+            elif self.transform == LOG_ONE_MINUS:
+                y = 1.0 - x
+            elif self.transform == LOG_ABS:
+                y = np.abs(x)
+            elif self.transform == LOG_ABS_LOG:
+                y = np.abs(np.log(np.maximum(x, 1e-300)))
+            elif self.transform == NEG_LOG:
+                y = -np.log(np.maximum(x, 1e-300))
+            elif self.transform == RAW:
+                return x.copy()
+            else:
+                raise ValueError(f"unknown transform {self.transform!r}")
+            return np.log(np.maximum(y, self.floor))
+
+    def value_of(self, badness: float) -> float:
+        """Back from the detector scale to a value a person reads (for messages)."""
+        if self.transform == RAW:
+            return badness
+        y = math.exp(badness)
+        if self.transform == LOG_ONE_MINUS:
+            return 1.0 - y
+        return y
+
+
+_UP = MetricSpec()
+# A max over tokens or sequences is an extreme value: its one-step outliers are the tail itself, so
+# only a lasting shift of it is judged.
+_MAX = MetricSpec(spike=False)
+_FRACTION = MetricSpec(floor=1e-4)  # a fraction of tokens: 0 on healthy runs, one token in 10^4 is noise
+_DOWN_TO_ONE = MetricSpec(transform=LOG_ONE_MINUS, floor=1e-9, label="fell")
+_SIGNED = MetricSpec(transform=LOG_ABS, floor=1e-12, label="grew")
+_TREND_UP = MetricSpec(transform=RAW, shift=False, spike=False, jump=True, direction="up", label="jumped")
+_TREND_BOTH = MetricSpec(transform=RAW, shift=False, spike=False, jump=True, direction="both", label="jumped")
+_TREND_DOWN = MetricSpec(
+    transform=RAW, shift=False, spike=False, jump=True, direction="down", label="dropped"
+)
+
+SPECS: dict[str, MetricSpec] = {
+    # mismatch metrics (collectors/_mismatch.py): up is bad
+    "mismatch/k2": _UP,
+    "mismatch/k3": _UP,
+    "mismatch/abs_logp_diff_mean": _UP,
+    "mismatch/abs_logp_diff_max": _MAX,
+    "mismatch/abs_prob_diff_mean": _UP,
+    "mismatch/abs_prob_diff_max": _MAX,
+    "mismatch/ratio_std": _UP,
+    "mismatch/chi2": MetricSpec(floor=1e-12),
+    "mismatch/ratio_max": MetricSpec(transform=LOG_ABS_LOG, floor=1e-9, spike=False),
+    "mismatch/seq_log_ratio_abs_max": _MAX,
+    "mismatch/seq_k3_max": _MAX,
+    "mismatch/frac_outside_eps": _FRACTION,
+    "mismatch/frac_outside_C": _FRACTION,
+    # bounded by one, down is bad: judged as 1 - x going up
+    "mismatch/prob_pearson": _DOWN_TO_ONE,
+    "mismatch/ess": _DOWN_TO_ONE,
+    "mismatch/ratio_min": MetricSpec(transform=NEG_LOG, floor=1e-9, spike=False, label="fell"),
+    # signed: the size is the harm, either sign
+    "mismatch/k1": _SIGNED,
+    "mismatch/seq_log_ratio_mean": _SIGNED,
+    "mismatch/ratio_mean": MetricSpec(transform=LOG_ABS_LOG, floor=1e-9, label="moved from 1"),
+    # training metrics that trend by design: only sudden jumps count
+    "train/kl_ref": _TREND_UP,
+    "train/ppo_kl": _TREND_UP,
+    "train/clip_frac": _TREND_UP,
+    "train/entropy": _TREND_BOTH,
+    "train/grad_norm": _TREND_UP,
+    "reward/mean": _TREND_DOWN,
+}
+
+
+def spec_for(metric: str) -> MetricSpec | None:
+    """The spec of ``metric``; None for metrics judged only for NaN/Inf (counts, context, the
+    user's own names), which is what keeps an unknown metric from raising guesses."""
+    return SPECS.get(metric)
