@@ -160,3 +160,32 @@ def test_sql_console_runs_examples_and_refuses_escapes(demo_root: Path) -> None:
         at.button[0].click().run()
         assert at.error, query
         assert message in at.error[0].value, (query, at.error[0].value)
+
+
+def test_a_refresh_of_a_live_run_reads_only_its_new_files(tmp_path: Path) -> None:
+    """No watcher keeps this run's findings, so the dashboard scans it once, keeps the scan on disk
+    (not per browser session) and on every refresh feeds only the files written since."""
+    import monitor
+    from storage import Store
+
+    with Writer(tmp_path) as writer:
+        writer.append("runs", "live", {"name": "live"})
+        for step in range(100):
+            writer.log_metrics("live", step, {"mismatch/k3": 1e-5 * (1 + 0.01 * (step % 7))})
+
+    def kept() -> dict:
+        (path,) = monitor.findings_cache_dir(Store(tmp_path)).glob("*.json")
+        return json.loads(path.read_text())
+
+    at = _open(tmp_path, "runs")
+    assert list(at.dataframe[0].value["health"]) == ["ok"]
+    assert (kept()["scans"], kept()["updates"], kept()["state"]["points"]) == (1, 1, 100)
+    with Writer(tmp_path) as writer:
+        for step in range(100, 110):
+            writer.log_metrics("live", step, {"mismatch/k3": 0.05})
+    at.run()  # the refresh a live run gets
+    assert not at.exception
+    assert (kept()["scans"], kept()["updates"], kept()["state"]["points"]) == (1, 2, 110)
+    assert list(at.dataframe[0].value["health"]) == ["bad"]  # the new steps were judged
+    _open(tmp_path, "drift")  # a new browser session: reads the kept scan, scans nothing
+    assert (kept()["scans"], kept()["updates"]) == (1, 2)

@@ -73,7 +73,7 @@ def test_shift_catches_a_creep_no_level_would() -> None:
     found = monitor.detect("r", "mismatch/k3", np.arange(800), values)
     assert _by(found, "threshold") == []
     (shift,) = _by(found, "shift")
-    assert 380 <= shift.step_first and shift.step_detected <= 600
+    assert shift.step_first >= 380 and shift.step_detected <= 600
     assert "its own baseline" in shift.message
     flat = _lognormal(800, 1e-4, 0.1, seed=1)
     assert monitor.detect("r", "mismatch/k3", np.arange(800), flat) == []
