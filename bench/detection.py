@@ -435,6 +435,21 @@ def _delay_summary(cell: dict[str, Any], seeds: int, horizon: int) -> dict[str, 
 # ----------------------------------------------------------------------------- 3: demo scenarios
 
 
+EFFECT_METRIC = "mismatch/abs_logp_diff_mean"
+
+
+def early_ratio(store: storage.Store, run_id: str, ref_id: str, onset: int) -> list[float]:
+    """How big the fault is as it starts: the run's |dlogp| mean at steps onset..onset+WITHIN over
+    the reference run's median (a fault that has not grown yet cannot be flagged yet)."""
+    steps, series = run_series(store, run_id)
+    _, ref = run_series(store, ref_id)
+    if EFFECT_METRIC not in series or EFFECT_METRIC not in ref:
+        return []
+    base = float(np.nanmedian(ref[EFFECT_METRIC]))
+    at = (steps >= onset) & (steps <= onset + WITHIN)
+    return [round(float(v) / base, 2) for v in series[EFFECT_METRIC][at]] if base > 0 else []
+
+
 def demo_scenarios(stores: dict[str, storage.Store]) -> dict[str, Any]:
     """Each demo run of each seed judged against its seed's reference run."""
     per: dict[str, dict[str, Any]] = {}
@@ -459,6 +474,7 @@ def demo_scenarios(stores: dict[str, storage.Store]) -> dict[str, Any]:
             cell["runs"].append(
                 {
                     "seed": int(seed),
+                    "early_ratio": early_ratio(store, run_id, ref_id, onset) if reference else [],
                     "findings": len(findings),
                     "pre_onset_findings": len(findings) - len(after),
                     "delay": None if first is None else _detected(first) - onset,
@@ -744,10 +760,18 @@ def judge_goals(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     # demo
     demo = res["demo"]
     if demo:
-        late = []
+        late, details = [], []
         for key, c in demo.items():
             if key.split(" | ")[0] in FAULT_SCENARIOS and c["within"] < c["seeds"]:
                 late.append(f"{key}: {c['within']}/{c['seeds']} within {WITHIN} (max delay {c['max_delay']})")
+                for r in c["runs"]:
+                    if r["delay"] is None or r["delay"] > WITHIN:
+                        details.append(
+                            f"{key} seed {r['seed']}: first flag at onset +{r['delay']} "
+                            f"(`{r['first_detector']}` on `{r['first_metric']}`); its {EFFECT_METRIC} at "
+                            f"onset +0..+{WITHIN} is {', '.join(f'{x:g}x' for x in r['early_ratio'])} "
+                            "the reference run's median"
+                        )
         goals.append(
             {
                 "goal": f"every demo fault flagged within {WITHIN} steps of onset, every seed",
@@ -755,7 +779,7 @@ def judge_goals(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                 "worst": "; ".join(late) if late else "all on time",
             }
         )
-        misses += [f"demo fault late or missed: {x}" for x in late]
+        misses += [f"demo fault late or missed: {x}" for x in late] + details
         noisy = [
             f"{key}: {c['with_findings']}/{c['seeds']} seeds"
             for key, c in demo.items()
