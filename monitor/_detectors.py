@@ -69,7 +69,12 @@ class Baseline:
 
     @property
     def long_run_sigma(self) -> float:
-        return self.sigma * math.sqrt((1 + self.rho) / (1 - self.rho))
+        """The scale CUSUM sums against: the AR(1) long-run sigma, raised to an upper confidence
+        bound for a baseline of ``n`` points worth ``n (1 - rho) / (1 + rho)`` independent ones
+        (an estimated sigma that comes out low is what makes a CUSUM cry wolf)."""
+        inflation = (1 + self.rho) / (1 - self.rho)
+        effective = max(self.n / inflation, 2.0)
+        return self.sigma * math.sqrt(inflation) * (1 + 2 / math.sqrt(2 * effective))
 
     @classmethod
     def of(cls, g: np.ndarray, source: str, min_sigma: float) -> Baseline:
@@ -327,6 +332,8 @@ class Shift(Detector):
         self.recent = recent
         self.tail: list[float] = []  # the last ``recent - 1`` points, for the level gate
         self.h = cusum_limit(k, arl0)
+        self.history: list[float] = []  # own baseline: the points seen, until the last refinement
+        self.next_refine: int | None = None  # own baseline: when the scale is next re-estimated
         self.c = 0.0  # cumulative sum of increments
         self.m = 0.0  # its running minimum (S = c - m)
         self.seg_first = 0  # step where the current excursion began
@@ -343,10 +350,32 @@ class Shift(Detector):
             if len(self.buffer) < self.warmup:
                 return []
             self.baseline = Baseline.of(np.asarray(self.buffer), "own", self.min_sigma)
+            self.history, self.next_refine = self.buffer, 2 * self.warmup
             self.buffer = []
+        out: list[Finding] = []
+        # The own baseline's scale and correlation are refined at 2, 4, 8 and 16 times the warm-up,
+        # from every point seen so far (the centre stays the early one): 200 autocorrelated points
+        # pin a median well but a long-run sigma poorly. Chunks are split at those points, so the
+        # answer does not depend on how the points arrive.
+        while self.next_refine is not None and len(g):
+            room = self.next_refine - len(self.history)
+            out += self._judge(steps[:room], g[:room])
+            self.history += g[:room].tolist()
+            steps, g = steps[room:], g[room:]
+            if len(self.history) >= self.next_refine:
+                refined = Baseline.of(np.asarray(self.history), "own", self.min_sigma)
+                self.baseline = replace(refined, center=self.baseline.center)
+                last = self.next_refine >= 16 * self.warmup
+                self.next_refine = None if last else 2 * self.next_refine
+                if last:
+                    self.history = []
+        return out + self._judge(steps, g)
+
+    def _judge(self, steps: np.ndarray, g: np.ndarray) -> list[Finding]:
         if len(g) == 0:
             return []
         base = self.baseline
+        assert base is not None
         z = np.clip((g - base.center) / base.long_run_sigma, -self.clip, self.clip) - self.k
         c = self.c + np.cumsum(z)
         m = np.minimum(self.m, np.minimum.accumulate(c))
@@ -426,7 +455,7 @@ class Shift(Detector):
         ratio = math.exp(mean_g - base.center)
         was, now = self.spec.value_of(base.center), self.spec.value_of(mean_g)
         if base.source == "own":
-            where = f"its own baseline {was:.3g} (median of its first {base.n} steps)"
+            where = f"its own baseline {was:.3g} (median of its first {self.warmup} steps)"
         else:
             where = f"the reference run {base.source}'s {was:.3g}"
         return (
@@ -461,6 +490,21 @@ class Shift(Detector):
         closed = replace(self.open, state="closed")
         self.open = None
         return closed
+
+
+def _tail_limit(resid: np.ndarray, arl0: float, fraction: float = 0.1) -> float:
+    """The residual passed once in ``arl0`` points, from the exceedances of the warm-up's top
+    ``fraction`` (peaks over threshold): an exponential tail on the log scale is a power-law tail
+    of the metric itself, whose index the mean excess estimates (Hill). A Gaussian's tail is
+    lighter, so there the limit is conservative; a heavy tail raises it as far as it must."""
+    u = float(np.quantile(resid, 1 - fraction))
+    excess = resid[resid > u] - u
+    if len(excess) < 3:
+        return -math.inf
+    # The mean excess of k points is known to about 1/sqrt(k): take its upper 2-sigma bound, since a
+    # tail estimated too light is what makes a spike detector cry wolf.
+    scale = float(np.mean(excess)) * (1 + 2 / math.sqrt(len(excess)))
+    return u + scale * math.log(fraction * arl0)
 
 
 class Jump(Detector):
@@ -502,6 +546,8 @@ class Jump(Detector):
         self.level = math.nan
         self.scale = math.nan
         self.window, self.past_max_log_ratio = window, past_max_log_ratio
+        self.arl0 = arl0
+        self.tail_limit = -math.inf  # the residual a spike must pass, from the warm-up's tail
         self.recent_g: list[float] = []  # the last ``window`` points on the detector scale
         self.pending: list[float] | None = None  # [step, value, score] awaiting its successor
         self.last_far = False
@@ -519,6 +565,8 @@ class Jump(Detector):
             self.level = float(np.median(ref))
             self.scale = max(float(np.mean(np.abs(ref - self.level))), 1e-12 + 1e-9 * abs(self.level))
             self.recent_g = self.buffer[-self.window :]
+            if self.isolated:
+                self.tail_limit = _tail_limit(ref - self.level, self.arl0)
             self.buffer = []
         if len(g) == 0:
             return []
@@ -535,6 +583,7 @@ class Jump(Detector):
         if self.min_log_ratio is not None:
             big &= np.abs(resid) >= self.min_log_ratio
         if self.isolated:
+            big &= resid >= self.tail_limit
             # ... and past everything of the last ``window`` steps by ``past_max_log_ratio``: on
             # heavy-tailed noise a z-score alone fires on the tail itself. Computed for the few
             # points far from the level only.

@@ -85,7 +85,9 @@ class MetricMonitor:
                 if reference is not None:
                     self.detectors.append(Shift(run_id, metric, spec, baseline=reference, **common))
             if spec.spike:
-                self.detectors.append(Jump(run_id, metric, spec, isolated=True, arl0=settings.arl0))
+                self.detectors.append(
+                    Jump(run_id, metric, spec, isolated=True, warmup=200, arl0=settings.arl0)
+                )
             if spec.jump:
                 self.detectors.append(
                     Jump(
