@@ -20,6 +20,7 @@ offline and quadratic. Neither fits a one-sided, calibrated, incremental monitor
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -66,6 +67,49 @@ class Baseline:
     rho: float
     n: int
     source: str  # "own" (the run's first steps) or the reference run's id
+    # A reference run's level step by step (knots on the detector scale): runs trend as training
+    # goes, so a candidate is held against the reference at the same steps, not its overall median.
+    curve_steps: tuple[int, ...] = ()
+    curve: tuple[float, ...] = ()
+
+    def center_at(self, steps: np.ndarray) -> np.ndarray | float:
+        if not self.curve:
+            return self.center
+        return np.interp(steps, self.curve_steps, self.curve)
+
+    @classmethod
+    def curve_of(
+        cls, steps: np.ndarray, g: np.ndarray, source: str, min_sigma: float, knots: int = 2000
+    ) -> Baseline:
+        """A reference run's baseline: its level per step (a running median of 5 steps) and the
+        noise around that level, times sqrt(2) since two runs' noises add in their difference."""
+        keep = np.isfinite(g)
+        steps, g = np.asarray(steps)[keep], g[keep]
+        order = np.argsort(steps, kind="stable")
+        steps, g = steps[order], g[order]
+        w = min(5, len(g))
+        padded = np.concatenate((np.repeat(g[:1], w // 2), g, np.repeat(g[-1:], w - 1 - w // 2)))
+        smooth = np.median(np.lib.stride_tricks.sliding_window_view(padded, w), axis=1)
+        noise = cls.of(g - smooth, source, min_sigma)
+        # The envelope: the highest level the reference has shown up to each step. A run's mismatch
+        # falls as its policy sharpens, and two runs sharpen at their own pace (the demo's vLLM
+        # reference falls 100x in 24 steps while an equally healthy twin stays put), so "above
+        # the reference at step t" would flag the slower one; "above anything the reference
+        # showed so far" does not, and still sees a floor a fault raised.
+        smooth = np.maximum.accumulate(smooth)
+        if len(g) > knots:  # bounded state for a long reference: bucket medians
+            edges = np.linspace(0, len(g), knots + 1).astype(int)
+            steps = np.array([steps[a:b].mean() for a, b in itertools.pairwise(edges)])
+            smooth = np.array([np.median(smooth[a:b]) for a, b in itertools.pairwise(edges)])
+        return cls(
+            float(np.median(smooth)),
+            noise.sigma * math.sqrt(2),
+            noise.rho,
+            noise.n,
+            source,
+            tuple(float(x) for x in steps),
+            tuple(float(x) for x in smooth),
+        )
 
     @property
     def long_run_sigma(self) -> float:
@@ -132,7 +176,7 @@ class Detector:
             if key == "open":
                 value = None if value is None else Finding(**value)
             elif key == "baseline" and isinstance(value, dict):
-                value = Baseline(**value)
+                value = Baseline(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
             setattr(self, key, value)
 
     def _finding(self, **fields: Any) -> Finding:
@@ -300,7 +344,8 @@ class Shift(Detector):
     head: 4x the reference's |dlogp|, far under the field's thresholds) and a slow creep.
 
     Increments are ``clip((g - centre) / long_run_sigma, -clip, clip) - k``; it fires when the sum
-    passes ``h`` and the excursion's mean is at least ``min_ratio`` times the baseline (a shift too
+    passes ``h`` and the recent median is at least ``min_ratio`` times the baseline, squared for a
+    metric quadratic in the log-ratio such as k3 (a shift too
     small to matter is not reported however sure it is). One finding per excursion, from where the
     sum left zero to where it returned.
     """
@@ -376,7 +421,8 @@ class Shift(Detector):
             return []
         base = self.baseline
         assert base is not None
-        z = np.clip((g - base.center) / base.long_run_sigma, -self.clip, self.clip) - self.k
+        g = g - base.center_at(steps)  # from here on, the excess over the baseline (log ratio)
+        z = np.clip(g / base.long_run_sigma, -self.clip, self.clip) - self.k
         c = self.c + np.cumsum(z)
         m = np.minimum(self.m, np.minimum.accumulate(c))
         s = c - m
@@ -411,7 +457,7 @@ class Shift(Detector):
             level[full] = np.median(windows[ends[full] - w + 1], axis=1)
             for j in np.flatnonzero(~full).tolist():
                 level[j] = np.median(ext[: ends[j] + 1])
-            fire = fire[level - base.center >= math.log(self.min_ratio)]
+            fire = fire[level >= self.spec.power * math.log(self.min_ratio)]
         keep_tail = self.recent - 1
         self.tail = (self.tail + g[-keep_tail:].tolist())[-keep_tail:] if keep_tail > 0 else []
         out: list[Finding] = []
@@ -449,39 +495,48 @@ class Shift(Detector):
         self.c, self.m = self.c - self.m, 0.0
         return out
 
-    def _describe(self, first: int, last: int, mean_g: float) -> tuple[str, float]:
+    def _describe(self, first: int, last: int, excess: float) -> tuple[str, float]:
+        """The message for an excursion whose mean excess over the baseline is ``excess`` (log)."""
         base = self.baseline
         assert base is not None
-        ratio = math.exp(mean_g - base.center)
-        was, now = self.spec.value_of(base.center), self.spec.value_of(mean_g)
+        center = float(base.center_at(np.asarray(last)))
+        ratio = math.exp(excess)  # in the metric's own units (k3 is quadratic in dlogp)
+        was, now = self.spec.value_of(center), self.spec.value_of(center + excess)
+        digits = ".6g" if self.spec.transform == "log1m" else ".3g"  # 0.99998, not 1
+        was, now = format(was, digits), format(now, digits)
         if base.source == "own":
-            where = f"its own baseline {was:.3g} (median of its first {self.warmup} steps)"
+            where = f"its own baseline {was} (median of its first {self.warmup} steps)"
+        elif base.curve:
+            where = f"the reference run {base.source}'s highest level so far ({was})"
         else:
-            where = f"the reference run {base.source}'s {was:.3g}"
+            where = f"the reference run {base.source}'s {was}"
         return (
-            f"{self.metric} {self.spec.label} to {now:.3g} over steps {first}-{last}: {ratio:.1f}x {where}",
+            f"{self.metric} {self.spec.label} to {now} over steps {first}-{last}: {ratio:.1f}x {where}",
             ratio,
         )
 
-    def _open(self, first: int, detected: int, mean_g: float) -> Finding:
-        text, ratio = self._describe(first, detected, mean_g)
-        severity = "bad" if (self.baseline.source != "own" and ratio >= 3) else "warn"  # type: ignore[union-attr]
+    def _open(self, first: int, detected: int, excess: float) -> Finding:
+        text, ratio = self._describe(first, detected, excess)
+        base = self.baseline
+        assert base is not None
         return self._finding(
             step_first=first,
             step_last=detected,
-            severity=severity,
-            value=self.spec.value_of(mean_g),
+            severity="bad" if (base.source != "own" and ratio >= 3**self.spec.power) else "warn",
+            value=self.spec.value_of(float(base.center_at(np.asarray(detected))) + excess),
             message=f"{text}; CUSUM passed {self.h:.1f} sigma at step {detected}",
             step_detected=detected,
             state="open",
         )
 
-    def _update(self, f: Finding, last: int, mean_g: float) -> Finding:
-        text, _ = self._describe(f.step_first, last, mean_g)
+    def _update(self, f: Finding, last: int, excess: float) -> Finding:
+        text, _ = self._describe(f.step_first, last, excess)
+        base = self.baseline
+        assert base is not None
         return replace(
             f,
             step_last=last,
-            value=self.spec.value_of(mean_g),
+            value=self.spec.value_of(float(base.center_at(np.asarray(last))) + excess),
             message=f"{text}; CUSUM passed {self.h:.1f} sigma at step {f.step_detected}",
         )
 

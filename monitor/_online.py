@@ -32,7 +32,10 @@ class Settings:
 
     arl0: float = DEFAULT_ARL0  # healthy steps between false alarms, per detector and metric
     warmup: int = 200  # steps of the run's own baseline before the shift detector judges
-    min_ratio: float = 1.5  # a shift smaller than this factor is not reported
+    min_ratio: float = 1.5  # a shift from the run's own baseline smaller than this is not reported
+    # ... and from a reference run: two runs' policies drift apart as they train, which moves their
+    # mismatch floors apart too, so a difference must be larger to be a finding.
+    reference_min_ratio: float = 2.0
     reference_min_points: int = 8  # a reference series shorter than this is not used
 
 
@@ -48,17 +51,18 @@ class Reference:
 
     @classmethod
     def of_series(
-        cls, run_id: str, series: dict[str, np.ndarray], settings: Settings = DEFAULT_SETTINGS
+        cls, run_id: str, series: dict[str, Any], settings: Settings = DEFAULT_SETTINGS
     ) -> Reference:
+        """From ``{metric: values}`` (steps 0, 1, ...) or ``{metric: (steps, values)}``."""
         baselines = {}
-        for metric, values in series.items():
+        for metric, data in series.items():
             spec = spec_for(metric)
-            if spec is None or not spec.shift:
+            if spec is None or not spec.shift or not spec.reference:
                 continue
+            steps, values = data if isinstance(data, tuple) else (np.arange(len(data)), data)
             g = spec.badness(np.asarray(values, dtype=np.float64))
-            g = g[np.isfinite(g)]
-            if len(g) >= settings.reference_min_points:
-                baselines[metric] = Baseline.of(g, run_id, min_sigma=math.log(1.05))
+            if np.isfinite(g).sum() >= settings.reference_min_points:
+                baselines[metric] = Baseline.curve_of(np.asarray(steps), g, run_id, min_sigma=math.log(1.05))
         return cls(run_id, baselines)
 
 
@@ -80,10 +84,28 @@ class MetricMonitor:
         spec = self.spec
         if spec is not None:
             if spec.shift:
-                common = {"arl0": settings.arl0, "min_ratio": settings.min_ratio}
-                self.detectors.append(Shift(run_id, metric, spec, warmup=settings.warmup, **common))
-                if reference is not None:
-                    self.detectors.append(Shift(run_id, metric, spec, baseline=reference, **common))
+                self.detectors.append(
+                    Shift(
+                        run_id,
+                        metric,
+                        spec,
+                        warmup=settings.warmup,
+                        arl0=settings.arl0,
+                        min_ratio=settings.min_ratio,
+                    )
+                )
+                if reference is not None and spec.reference:
+                    self.detectors.append(
+                        Shift(
+                            run_id,
+                            metric,
+                            spec,
+                            baseline=reference,
+                            arl0=settings.arl0,
+                            min_ratio=settings.reference_min_ratio,
+                            recent=3,
+                        )
+                    )
             if spec.spike:
                 self.detectors.append(
                     Jump(run_id, metric, spec, isolated=True, warmup=200, arl0=settings.arl0)
@@ -208,7 +230,13 @@ class RunMonitor:
         reference = (
             None
             if ref is None
-            else Reference(ref["run_id"], {k: Baseline(**v) for k, v in ref["baselines"].items()})
+            else Reference(
+                ref["run_id"],
+                {
+                    k: Baseline(**{f: tuple(x) if isinstance(x, list) else x for f, x in v.items()})
+                    for k, v in ref["baselines"].items()
+                },
+            )
         )
         mon = cls(
             state["run_id"],

@@ -77,7 +77,8 @@ def load_reference(store: Store, run_id: str, settings: Settings = DEFAULT_SETTI
     series = {}
     for name in dict.fromkeys(names.tolist()):
         idx = np.flatnonzero(names == name)
-        series[str(name)] = values[idx[np.argsort(steps[idx], kind="stable")]]
+        order = idx[np.argsort(steps[idx], kind="stable")]
+        series[str(name)] = (steps[order], values[order])
     return Reference.of_series(run_id, series, settings)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,9 @@ RAW = "raw"  # the value itself (trending metrics)
 class MetricSpec:
     """What is bad for one metric and how detectors see it.
 
-    ``transform`` maps values so that up is bad; ``floor`` keeps a metric that is often exactly 0
-    (a fraction of tokens outside a band) from becoming -inf there. ``shift`` turns on the level
-    detectors (own baseline and reference), ``spike`` the isolated-point detector, ``jump`` the
+    ``transform`` maps values so that up is bad; ``floor`` is the level under which a change does
+    not matter. ``shift`` turns on the level detectors (the run's own baseline and, if
+    ``reference``, a reference run), ``spike`` the isolated-point detector, ``jump`` the
     EWMA-residual detector for trending metrics, with ``direction`` "up", "down" or "both".
     """
 
@@ -41,6 +42,8 @@ class MetricSpec:
     jump: bool = False
     direction: str = "up"
     label: str = "rose"  # how a bad move reads in a message: "rose", "fell", "grew"
+    power: int = 1  # 2 for metrics quadratic in the log-ratio (k2, k3, chi2, 1 - ESS): ratios squared
+    reference: bool = True  # also judged against a reference run, step by step
 
     def badness(self, values: np.ndarray) -> np.ndarray:
         """``values`` on the detector scale (up is worse); NaN stays NaN."""
@@ -72,13 +75,25 @@ class MetricSpec:
         return y
 
 
-_UP = MetricSpec()
+# Floors: the level under which a change in a metric does not matter. For |dlogp| it is 1e-4: ten
+# times under what a healthy vLLM engine leaves against a float32 trainer (1.2e-3 here), thirty
+# times under a bf16 lm_head's 3e-3; the other floors follow from it (k3 ~ dlogp^2 / 2, |dp| ~ p
+# |dlogp|). Without them, a log scale turns a move from 1e-12 to 1e-10 into "100x", and two runs
+# whose policies collapsed at different speeds differ "10x" at 1e-6.
+def _up(floor: float, **kw: Any) -> MetricSpec:
+    return MetricSpec(floor=floor, **kw)
+
+
 # A max over tokens or sequences is an extreme value: its one-step outliers are the tail itself, so
-# only a lasting shift of it is judged.
-_MAX = MetricSpec(spike=False)
-_FRACTION = MetricSpec(floor=1e-4)  # a fraction of tokens: 0 on healthy runs, one token in 10^4 is noise
-_DOWN_TO_ONE = MetricSpec(transform=LOG_ONE_MINUS, floor=1e-9, label="fell")
-_SIGNED = MetricSpec(transform=LOG_ABS, floor=1e-12, label="grew")
+# only a lasting shift of it is judged, and never against another run (whose extremes are other
+# tokens). The reference comparison is kept to the mean-type metrics whose level is the floor a
+# fault raises (|dlogp|, |dp|, k2, k3, ratio std): testing all twenty against a second run would
+# multiply its false alarms for no new fault.
+def _max(floor: float) -> MetricSpec:
+    return MetricSpec(floor=floor, spike=False, reference=False)
+
+
+_DOWN_TO_ONE = MetricSpec(transform=LOG_ONE_MINUS, floor=1e-6, label="fell", power=2, reference=False)
 _TREND_UP = MetricSpec(transform=RAW, shift=False, spike=False, jump=True, direction="up", label="jumped")
 _TREND_BOTH = MetricSpec(transform=RAW, shift=False, spike=False, jump=True, direction="both", label="jumped")
 _TREND_DOWN = MetricSpec(
@@ -87,27 +102,32 @@ _TREND_DOWN = MetricSpec(
 
 SPECS: dict[str, MetricSpec] = {
     # mismatch metrics (collectors/_mismatch.py): up is bad
-    "mismatch/k2": _UP,
-    "mismatch/k3": _UP,
-    "mismatch/abs_logp_diff_mean": _UP,
-    "mismatch/abs_logp_diff_max": _MAX,
-    "mismatch/abs_prob_diff_mean": _UP,
-    "mismatch/abs_prob_diff_max": _MAX,
-    "mismatch/ratio_std": _UP,
-    "mismatch/chi2": MetricSpec(floor=1e-12),
-    "mismatch/ratio_max": MetricSpec(transform=LOG_ABS_LOG, floor=1e-9, spike=False),
-    "mismatch/seq_log_ratio_abs_max": _MAX,
-    "mismatch/seq_k3_max": _MAX,
-    "mismatch/frac_outside_eps": _FRACTION,
-    "mismatch/frac_outside_C": _FRACTION,
+    "mismatch/k2": _up(1e-8, power=2),
+    "mismatch/k3": _up(1e-8, power=2),
+    "mismatch/abs_logp_diff_mean": _up(1e-4),
+    "mismatch/abs_logp_diff_max": _max(1e-3),
+    "mismatch/abs_prob_diff_mean": _up(2e-5),
+    "mismatch/abs_prob_diff_max": _max(1e-4),
+    "mismatch/ratio_std": _up(1e-4),
+    "mismatch/chi2": _up(2e-8, power=2, reference=False),
+    "mismatch/ratio_max": MetricSpec(transform=LOG_ABS_LOG, floor=1e-3, spike=False, reference=False),
+    "mismatch/seq_log_ratio_abs_max": _max(1e-3),
+    "mismatch/seq_k3_max": _max(1e-7),
+    # a fraction of tokens: 0 on healthy runs, one token in 10^4 is noise
+    "mismatch/frac_outside_eps": _up(1e-4, reference=False),
+    "mismatch/frac_outside_C": _up(1e-4, reference=False),
     # bounded by one, down is bad: judged as 1 - x going up
     "mismatch/prob_pearson": _DOWN_TO_ONE,
-    "mismatch/ess": _DOWN_TO_ONE,
-    "mismatch/ratio_min": MetricSpec(transform=NEG_LOG, floor=1e-9, spike=False, label="fell"),
+    "mismatch/ess": MetricSpec(transform=LOG_ONE_MINUS, floor=2e-8, label="fell", power=2, reference=False),
+    "mismatch/ratio_min": MetricSpec(
+        transform=NEG_LOG, floor=1e-3, spike=False, reference=False, label="fell"
+    ),
     # signed: the size is the harm, either sign
-    "mismatch/k1": _SIGNED,
-    "mismatch/seq_log_ratio_mean": _SIGNED,
-    "mismatch/ratio_mean": MetricSpec(transform=LOG_ABS_LOG, floor=1e-9, label="moved from 1"),
+    "mismatch/k1": MetricSpec(transform=LOG_ABS, floor=1e-5, label="grew", reference=False),
+    "mismatch/seq_log_ratio_mean": MetricSpec(transform=LOG_ABS, floor=1e-4, label="grew", reference=False),
+    "mismatch/ratio_mean": MetricSpec(
+        transform=LOG_ABS_LOG, floor=1e-5, label="moved from 1", reference=False
+    ),
     # training metrics that trend by design: only sudden jumps count
     "train/kl_ref": _TREND_UP,
     "train/ppo_kl": _TREND_UP,

@@ -74,7 +74,7 @@ def test_inline_detectors_write_findings_and_judge_against_the_reference(tmp_pat
     assert storage.findings(store, ["healthy"]).num_rows == 0
     (row,) = storage.findings(store, ["bf16"]).to_pylist()
     assert row["detector"] == "reference" and row["step_detected"] <= 2 and row["state"] == "open"
-    assert "the reference run healthy's" in row["message"] and row["source"] == "trainer"
+    assert "the reference run healthy's highest level so far" in row["message"] and row["source"] == "trainer"
 
 
 def test_a_run_without_a_watcher_is_scanned_once_then_only_new_files_are_read(tmp_path: Path) -> None:
