@@ -126,8 +126,12 @@ class Baseline:
         n = len(g)
         center = float(np.median(g))
         mad = _MAD_TO_SIGMA * float(np.median(np.abs(g - center)))
-        # The larger of MAD and the std winsorised at 4 MADs: heavy tails make the MAD far smaller
-        # than the spread CUSUM actually sums, and an underestimated sigma is what cries wolf.
+        # The largest of the MAD, the 10-90% spread and the std winsorised at 4 of those: heavy tails
+        # make the MAD far smaller than the spread CUSUM actually sums, a metric that often sits at
+        # its floor has a MAD of 0, and an underestimated sigma is what cries wolf.
+        if mad < min_sigma and n > 2:  # half or more of the points at one value (the floor)
+            lo, hi = np.quantile(g, [0.1, 0.9])
+            mad = max(mad, float(hi - lo) / 2.563)
         width = 4 * max(mad, min_sigma)
         wins = np.clip(g, center - width, center + width)
         std = float(np.std(wins, ddof=1)) if n > 2 else 0.0

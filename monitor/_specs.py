@@ -109,8 +109,10 @@ SPECS: dict[str, MetricSpec] = {
     "mismatch/abs_prob_diff_mean": _up(2e-5),
     "mismatch/abs_prob_diff_max": _max(1e-4),
     "mismatch/ratio_std": _up(1e-4),
-    "mismatch/chi2": _up(2e-8, power=2, reference=False),
-    "mismatch/ratio_max": MetricSpec(transform=LOG_ABS_LOG, floor=1e-3, spike=False, reference=False),
+    # chi2 = mean(rho^2) - 1 is dominated by mean(rho) - 1, noise of either sign (+-1e-4 on the
+    # demo's healthy vLLM runs, where k3 is 1e-6): only the field's level (chi2 > 1) judges it
+    "mismatch/chi2": MetricSpec(shift=False, spike=False, reference=False),
+    "mismatch/ratio_max": MetricSpec(transform=LOG_ABS_LOG, floor=1e-2, spike=False, reference=False),
     "mismatch/seq_log_ratio_abs_max": _max(1e-3),
     "mismatch/seq_k3_max": _max(1e-7),
     # a fraction of tokens: 0 on healthy runs, one token in 10^4 is noise
@@ -120,13 +122,14 @@ SPECS: dict[str, MetricSpec] = {
     "mismatch/prob_pearson": _DOWN_TO_ONE,
     "mismatch/ess": MetricSpec(transform=LOG_ONE_MINUS, floor=2e-8, label="fell", power=2, reference=False),
     "mismatch/ratio_min": MetricSpec(
-        transform=NEG_LOG, floor=1e-3, spike=False, reference=False, label="fell"
+        transform=NEG_LOG, floor=1e-2, spike=False, reference=False, label="fell"
     ),
-    # signed: the size is the harm, either sign
-    "mismatch/k1": MetricSpec(transform=LOG_ABS, floor=1e-5, label="grew", reference=False),
-    "mismatch/seq_log_ratio_mean": MetricSpec(transform=LOG_ABS, floor=1e-4, label="grew", reference=False),
+    # signed means of the log-ratio: noise of either sign around 0 on a healthy run, so their floors
+    # sit where a bias would matter (truncation renormalisation shifts k1 by ~log of the kept mass)
+    "mismatch/k1": MetricSpec(transform=LOG_ABS, floor=1e-4, label="grew", reference=False),
+    "mismatch/seq_log_ratio_mean": MetricSpec(transform=LOG_ABS, floor=1e-3, label="grew", reference=False),
     "mismatch/ratio_mean": MetricSpec(
-        transform=LOG_ABS_LOG, floor=1e-5, label="moved from 1", reference=False
+        transform=LOG_ABS_LOG, floor=1e-4, label="moved from 1", reference=False
     ),
     # training metrics that trend by design: only sudden jumps count
     "train/kl_ref": _TREND_UP,

@@ -107,7 +107,7 @@ def test_reference_catches_a_raised_floor_from_the_first_steps() -> None:
     [
         ("mismatch/k3", 1e-4, 1e-6, 1e-2),
         ("mismatch/abs_logp_diff_mean", 1e-3, 1e-5, 1e-1),
-        ("mismatch/chi2", 1e-4, 1e-6, 1e-2),
+        ("mismatch/k2", 1e-4, 1e-6, 1e-2),
         ("mismatch/prob_pearson", 0.999, 1.0, 0.9),
         ("mismatch/ess", 0.999, 1.0, 0.9),
     ],
