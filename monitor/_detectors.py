@@ -121,9 +121,16 @@ class Baseline:
         return self.sigma * math.sqrt(inflation) * (1 + 2 / math.sqrt(2 * effective))
 
     @classmethod
-    def of(cls, g: np.ndarray, source: str, min_sigma: float) -> Baseline:
+    def of(cls, g: np.ndarray, source: str, min_sigma: float, detrend: bool = False) -> Baseline:
+        """``detrend``: judge the spread around a straight line, so that a slow creep inside the
+        points does not pass for noise or autocorrelation (used when a baseline is refined from
+        a longer stretch of the run, which may already be creeping)."""
         g = g[np.isfinite(g)]
         n = len(g)
+        if detrend and n > 2:
+            x = np.arange(n, dtype=np.float64)
+            slope, intercept = np.polyfit(x, g, 1)
+            g = g - (slope * x + intercept) + float(np.median(g))
         center = float(np.median(g))
         mad = _MAD_TO_SIGMA * float(np.median(np.abs(g - center)))
         # The largest of the MAD, the 10-90% spread and the std winsorised at 4 of those: heavy tails
@@ -402,7 +409,7 @@ class Shift(Detector):
             self.history, self.next_refine = self.buffer, 2 * self.warmup
             self.buffer = []
         out: list[Finding] = []
-        # The own baseline's scale and correlation are refined at 2, 4, 8 and 16 times the warm-up,
+        # The own baseline's scale and correlation are refined at 2 and 4 times the warm-up,
         # from every point seen so far (the centre stays the early one): 200 autocorrelated points
         # pin a median well but a long-run sigma poorly. Chunks are split at those points, so the
         # answer does not depend on how the points arrive.
@@ -412,9 +419,9 @@ class Shift(Detector):
             self.history += g[:room].tolist()
             steps, g = steps[room:], g[room:]
             if len(self.history) >= self.next_refine:
-                refined = Baseline.of(np.asarray(self.history), "own", self.min_sigma)
+                refined = Baseline.of(np.asarray(self.history), "own", self.min_sigma, detrend=True)
                 self.baseline = replace(refined, center=self.baseline.center)
-                last = self.next_refine >= 16 * self.warmup
+                last = self.next_refine >= 4 * self.warmup
                 self.next_refine = None if last else 2 * self.next_refine
                 if last:
                     self.history = []
