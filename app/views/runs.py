@@ -32,7 +32,12 @@ def render(ctx: Context) -> None:
                 "name": run["name"],
                 "status": run["status"],
                 "health": HEALTH[worst],
-                "why": "; ".join(dict.fromkeys(f.message for f in found))[:300],
+                # the worst first: a "bad" finding's reason must not be cut off by warnings
+                "why": "; ".join(
+                    dict.fromkeys(
+                        f.message for f in sorted(found, key=lambda f: -monitor.SEVERITIES.index(f.severity))
+                    )
+                )[:300],
                 "last_step": run["last_step"],
                 "age_s": None if run["age_s"] is None else round(run["age_s"], 1),
                 "points": run["points"],
