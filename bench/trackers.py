@@ -404,7 +404,15 @@ def measure_wandb(workload: Sequence[dict[str, float]], data: Path, result: Tool
     files = glob.glob(str(data / "wandb" / "offline-run-*" / "run-*.wandb"))
     if len(files) != 1:
         raise BenchmarkError(f"wandb: expected one offline run file, found {files}")
-    series = _wandb_history(Path(files[0]))
+    # wandb-core (a separate process) can still be appending the last records when finish()
+    # returns on a loaded machine: give the file up to 10 s to settle before calling rows lost.
+    deadline = time.monotonic() + 10.0
+    while True:
+        series = _wandb_history(Path(files[0]))
+        complete = all(len(series.get(name, ((), ()))[0]) == len(workload) for name in workload[0])
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     result.values_exact = check_series("wandb", series, list(workload[0]), _expected(workload))
     result.rows_read = sum(len(v) for _, v in series.values())
     result.verified = (
