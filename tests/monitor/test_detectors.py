@@ -250,3 +250,28 @@ def test_detect_run_reads_the_store_and_the_recorded_reference(tmp_path: Path) -
     assert bad == [("mismatch/k3", 40, 49)]
     assert [f.step_detected for f in found if f.detector == "reference"] == [1]
     assert monitor.detect_run(store, "ref") == []
+
+
+def test_feed_groups_rows_the_same_whatever_their_layout() -> None:
+    """``feed`` takes strided columns when every step has the same metrics in one order, and sorts
+    otherwise (rows shuffled, a metric missing at some steps, a step logged twice by two ranks):
+    the findings must not depend on which path ran."""
+    import pyarrow as pa
+
+    n, names = 600, ["mismatch/k3", "mismatch/abs_logp_diff_mean", "train/kl_ref"]
+    series = {name: _lognormal(n, 1e-4, 0.1, seed=i) for i, name in enumerate(names)}
+    series["mismatch/k3"][400:] *= 10
+    rows = [(name, step, series[name][step]) for step in range(n) for name in names]
+
+    def findings(rows: list[tuple[str, int, float]]) -> list[monitor.Finding]:
+        mon = RunMonitor("r")
+        name, step, value = zip(*rows, strict=True)
+        monitor.feed(mon, pa.table({"name": list(name), "step": list(step), "value": list(value)}))
+        return mon.findings()
+
+    regular = findings(rows)
+    assert any(f.detector == "shift" and f.metric == "mismatch/k3" for f in regular)
+    shuffled = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    assert findings(shuffled) == regular
+    ranks = rows + [(name, step, value) for name, step, value in rows if step == 100]  # same values twice
+    assert findings(ranks) == regular
