@@ -224,7 +224,7 @@ def _rule(where: str, raw: Any, notifiers: dict[str, Any]) -> Rule:
     return Rule(**{**raw, "notify": tuple(notify)})
 
 
-def _one_number(value: Any) -> float | None:
+def one_number(value: Any) -> float | None:
     """``value`` as a float if it is one number (Python, numpy or torch scalar, one-element array)."""
     if value is None or isinstance(value, str | bytes):
         return None
@@ -404,7 +404,7 @@ class AlertEngine:
         """
         changed = []
         for metric, rules in self._by_metric.items():
-            value = _one_number(metrics.get(metric))
+            value = one_number(metrics.get(metric))
             if value is None:
                 continue
             for rule in rules:

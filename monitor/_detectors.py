@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -162,7 +163,7 @@ class Baseline:
         return cls(center, sigma, min(max(rho, 0.0), 0.9), n, source)
 
 
-class Detector:
+class Detector(ABC):
     """Base: feed chunks, get back the findings that opened, changed severity or closed."""
 
     name = ""
@@ -172,8 +173,9 @@ class Detector:
         self.metric = metric
         self.open: Finding | None = None
 
+    @abstractmethod
     def update(self, steps: np.ndarray, values: np.ndarray, g: np.ndarray) -> list[Finding]:
-        raise NotImplementedError
+        """Feed one chunk in step order (``g``: the values on the detector scale)."""
 
     def state(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k not in ("run_id", "metric", "spec", "rule")}

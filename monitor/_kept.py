@@ -27,17 +27,11 @@ from storage import Store
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "LOGPROBE_CACHE_DIR"
-
 
 def findings_cache_dir(store: Store) -> Path:
-    """Where scans of this store's runs are kept: one folder per root."""
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "logprobe"
-    )
-    root = str(store.location)
-    digest = hashlib.sha256(root.encode()).hexdigest()[:16]
-    return Path(base).expanduser().absolute() / "findings" / digest
+    """Where scans of this store's runs are kept: one folder per root under ``storage.cache_root()``."""
+    digest = hashlib.sha256(str(store.location).encode()).hexdigest()[:16]
+    return storage.cache_root() / "findings" / digest
 
 
 def stored_findings(store: Store, run_id: str) -> list[Finding]:

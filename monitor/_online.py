@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from monitor._alerts import _one_number as one_number
+from monitor._alerts import one_number
 from monitor._detectors import DEFAULT_ARL0, Baseline, Detector, Jump, Level, NonFinite, Shift
 from monitor._findings import Finding
 from monitor._rules import DEFAULT_THRESHOLDS, Threshold

@@ -6,6 +6,7 @@ Layout: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet`` (Hive parti
 from storage._compact import CompactReport, compact
 from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
 from storage._live import LiveSeries
+from storage._mirror import cache_root
 from storage._names import TRL, VERL, map_name
 from storage._queries import (
     DEFAULT_MAX_POINTS,
@@ -46,6 +47,7 @@ __all__ = [
     "WriterStats",
     "alerts",
     "apply_retention",
+    "cache_root",
     "check_keep",
     "check_name",
     "compact",

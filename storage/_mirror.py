@@ -60,17 +60,23 @@ class SyncStats:
     seconds: float = 0.0
 
 
+def cache_root() -> Path:
+    """Where logprobe keeps what it can rebuild (object-store copies, kept scans):
+    ``$LOGPROBE_CACHE_DIR``, else ``$XDG_CACHE_HOME/logprobe``, else ``~/.cache/logprobe``."""
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "logprobe"
+    )
+    return Path(base).expanduser().absolute()
+
+
 def default_cache_dir(root: ObjectRoot) -> Path:
-    """``$LOGPROBE_CACHE_DIR`` (else ``~/.cache/logprobe``) / endpoint hash / bucket / prefix.
+    """``cache_root()`` / objects / endpoint hash / bucket / prefix.
 
     The endpoint is part of the path so that two S3 services with a bucket of the same name (a test
     server and AWS, say) never share a copy.
     """
-    base = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "logprobe"
-    )
     endpoint = hashlib.sha256(root.endpoint.encode()).hexdigest()[:12]
-    return Path(base).expanduser().absolute() / "objects" / endpoint / root.base
+    return cache_root() / "objects" / endpoint / root.base
 
 
 class Mirror:
