@@ -481,8 +481,9 @@ def _detectors(writer: Writer, run_id: str, reference: str | None) -> Any:
             ref = monitor.load_reference(storage.Store(writer.root), reference)
         except Exception as exc:
             log.warning("logprobe: reference run %s unreadable, judging without it: %s", reference, exc)
-        if ref is None:
-            log.warning("logprobe: reference run %s has no metrics yet; judging without it", reference)
+        else:
+            if ref is None:
+                log.warning("logprobe: reference run %s has no metrics yet; judging without it", reference)
     return monitor.RunMonitor(run_id, reference=ref)
 
 

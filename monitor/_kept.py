@@ -57,23 +57,21 @@ def stored_findings(store: Store, run_id: str) -> list[Finding]:
     )
 
 
-def run_findings(store: Store, run_id: str, *, cache_dir: Path | None = None) -> list[Finding]:
+def run_findings(store: Store, run_id: str) -> list[Finding]:
     """The run's findings now, at the cost of what was written since the last call."""
     if run_id in storage.monitored_runs(store, [run_id]):
         return stored_findings(store, run_id)
-    return KeptScan(store, run_id, cache_dir).update()
+    return KeptScan(store, run_id).update()
 
 
 class KeptScan:
     """One run's scan state on disk; ``update`` feeds the rows of files it has not seen."""
 
-    def __init__(self, store: Store, run_id: str, cache_dir: Path | None = None) -> None:
+    def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        directory = cache_dir if cache_dir is not None else findings_cache_dir(store)
-        self.path = directory / (hashlib.sha256(run_id.encode()).hexdigest()[:24] + ".json")
+        self.path = findings_cache_dir(store) / (hashlib.sha256(run_id.encode()).hexdigest()[:24] + ".json")
         self.rows_read = 0  # rows fed by the last update (0: nothing new)
-        self.rescanned = False  # whether the last update started from scratch
         self.scans = 0  # full scans of this run kept in the file (kept across processes)
         self.updates = 0  # updates that read new files
 
@@ -82,8 +80,7 @@ class KeptScan:
         files = [p for p in self.store.files("metrics") if Path(p).parent.name == partition]
         names = {Path(p).name: p for p in files}
         monitor, seen = self._load()
-        self.rescanned = monitor is None or not seen <= set(names)
-        if self.rescanned:
+        if monitor is None or not seen <= set(names):  # new, or compaction merged files it had read
             monitor, seen = monitor_for(self.store, self.run_id), set()
             self.scans += 1
         assert monitor is not None
@@ -120,11 +117,14 @@ class KeptScan:
             "files": sorted(files),
         }
         body["state"] = monitor.state()
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".json")
             with os.fdopen(fd, "w") as out:
                 json.dump(body, out, allow_nan=True)
             os.replace(tmp, self.path)
-        except OSError as exc:  # a read-only home: the scan is still right, only not kept
+        except OSError as exc:  # a read-only home or a full disk: the scan is right, only not kept
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             log.warning("logprobe: cannot keep the scan of %s in %s: %s", self.run_id, self.path.parent, exc)

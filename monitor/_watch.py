@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 
 from monitor._alerts import Alert, AlertEngine
-from monitor._findings import Finding
 from monitor._online import RunMonitor
 from monitor._scan import feed, monitor_for
 from storage import Store, Writer
@@ -33,7 +32,6 @@ class AlertWatcher:
         self._cursor: dict[str, int] = {}
         self._seen: set[str] = set()  # files already read
         self.monitors: dict[str, RunMonitor] = {}  # the detectors of each run seen
-        self.findings: list[Finding] = []  # every finding change, in order (for callers and tests)
 
     def tick(self) -> list[Alert]:
         """Process every step written since the last tick; returns the alerts that changed state."""
@@ -51,7 +49,7 @@ class AlertWatcher:
         self._seen = set(files)  # files compacted away are forgotten, so the set stays small
         if table.num_rows == 0:
             return []
-        self._detect(table)
+        recorded = self._detect(table)
         names = self.engine.metrics
         rows = [r for r in table.to_pylist() if r["name"] in names] if names else []
         rows.sort(key=lambda r: (r["run_id"], r["step"]))
@@ -65,13 +63,15 @@ class AlertWatcher:
                 for alert in alerts:
                     self.writer.append("alerts", run_id, {**alert.row(), "source": "watcher"})
             changed += alerts
-        if self.writer is not None:
+        if self.writer is not None and (changed or recorded):
             self.writer.flush()
         return changed
 
-    def _detect(self, table: pa.Table) -> None:
+    def _detect(self, table: pa.Table) -> bool:
         """Feed each run's new rows to its detectors and record what changed; a run seen for the
-        first time gets a ``monitor`` event, so readers take its findings from the store."""
+        first time gets a ``monitor`` event, so readers take its findings from the store. Returns
+        whether anything was recorded."""
+        recorded = False
         run_ids = np.asarray(table.column("run_id").to_pylist(), dtype=object)
         steps = table.column("step").to_numpy()
         for run_id in dict.fromkeys(run_ids.tolist()):
@@ -81,6 +81,7 @@ class AlertWatcher:
             if mon is None:
                 mon = self.monitors[run_id] = monitor_for(self.store, run_id)
                 if self.writer is not None:
+                    recorded = True
                     ref = mon.reference.run_id if mon.reference is not None else None
                     self.writer.append(
                         "events",
@@ -93,11 +94,12 @@ class AlertWatcher:
                         },
                     )
             changed = feed(mon, table.take(idx))
-            self.findings += changed
-            if self.writer is not None:
+            if self.writer is not None and changed:
+                recorded = True
                 now = time.time()
                 for finding in changed:
                     self.writer.append("findings", run_id, {**finding.row(), "ts": now, "source": "watcher"})
+        return recorded
 
     def _rows_past_cursors(self, paths: list[str]) -> pa.Table:
         if not paths:
@@ -106,7 +108,7 @@ class AlertWatcher:
             "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
             f"SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {self.store.source(paths)} m "
             "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
-            "GROUP BY ALL ORDER BY m.run_id, m.name, m.step",
+            "GROUP BY ALL",
             [list(self._cursor), list(self._cursor.values())],
         )
 
