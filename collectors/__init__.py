@@ -9,10 +9,12 @@ __version__ = "0.1.0"
 from collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, compute_mismatch
 from collectors._rl_stats import rl_stats, token_entropy
 from collectors._run import AlertFiredError, Run, init
+from collectors._signatures import SIGNATURE_METRICS
 
 __all__ = [
     "HIST_EDGES",
     "MISMATCH_METRICS",
+    "SIGNATURE_METRICS",
     "AlertFiredError",
     "MismatchResult",
     "Run",

@@ -13,11 +13,20 @@ from typing import Any
 
 import torch
 
-from collectors._tensors import as_mask, as_tensor, real_number, same_shape, segments, whole_number
+from collectors._signatures import (
+    LAG_METRICS,
+    SIGNATURE_METRICS,
+    TOKEN_ID_METRIC,
+    lag_terms,
+    signature_terms,
+    token_id_term,
+)
+from collectors._tensors import Segments, as_mask, as_tensor, real_number, same_shape, segments, whole_number
 
 DEFAULT_EPS = 0.2
 DEFAULT_C = 2.0
 DEFAULT_TOP_K = 16
+DEFAULT_SAMPLES = 2  # whole sequences kept per step for drill-down, diagnosis and replay
 _POS = (1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 # Fixed, symmetric log-ratio bin edges (so heatmaps line up across steps and runs); the centre bin
 # (-1e-6, 1e-6] means "identical", the outer bins run to +-inf.
@@ -55,6 +64,9 @@ class MismatchResult:
     stats: dict[str, float]
     histogram: list[dict[str, Any]] = field(default_factory=list)  # bin, lo, hi, count
     worst: list[dict[str, Any]] = field(default_factory=list)  # worst tokens by |log ratio|
+    # whole sequences: seq_index, reason, token_ids, trainer_logprobs, rollout_logprobs, prompt_len,
+    # rollout_version
+    sequences: list[dict[str, Any]] = field(default_factory=list)
 
 
 def compute_mismatch(
@@ -64,19 +76,36 @@ def compute_mismatch(
     *,
     seq_lens: Any = None,
     token_ids: Any = None,
+    rollout_token_ids: Any = None,
+    rollout_versions: Any = None,
+    policy_version: int | None = None,
+    prompt_lens: Any = None,
     eps: float = DEFAULT_EPS,
     C: float = DEFAULT_C,  # noqa: N803  (the name used in the literature)
     top_k: int = DEFAULT_TOP_K,
+    signatures: bool = True,
+    samples: int = DEFAULT_SAMPLES,
+    sample_seed: int = 0,
 ) -> MismatchResult:
-    """All ``mismatch/*`` metrics for one step; see DESIGN.md for the formulas.
+    """All ``mismatch/*`` metrics for one step, and with ``signatures`` the ``signature/*`` ones that
+    tell causes apart; see DESIGN.md and :mod:`collectors._signatures` for the formulas.
 
     Tokens where either logprob is NaN/Inf are left out of every statistic and counted in
     ``mismatch/n_nonfinite``. With no valid token, only the two counts are returned (no NaNs).
     ``ratio_std`` is the population standard deviation.
+
+    ``rollout_token_ids`` (the engine's ids, beside the trainer's ``token_ids``) adds the token-id
+    disagreement; ``rollout_versions`` (one policy version per sequence) with ``policy_version`` adds
+    the lag signatures. ``samples`` whole sequences are returned for the ``sequences`` table: the one
+    with the largest mean |d| and others drawn with ``sample_seed``; ``prompt_lens`` (per sequence)
+    is recorded with them.
     """
     eps = real_number("eps", eps, low=0.0, high=1.0)
     C = real_number("C", C, low=1.0)  # noqa: N806
     top_k = whole_number("top_k", top_k)
+    samples = whole_number("samples", samples)
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
     f64 = torch.float64
     trainer = as_tensor("trainer_logprobs", trainer_logprobs, list_dtype=f64, allow_bool=False)
     rollout = as_tensor(
@@ -84,14 +113,14 @@ def compute_mismatch(
     )
     same_shape("rollout_logprobs", rollout, "trainer_logprobs", trainer)
     valid_in = as_mask(mask, trainer)
-    seq, pos, n_seq = segments(trainer.shape, seq_lens, trainer.device)
-    ids = None
-    if token_ids is not None:
-        ids = as_tensor("token_ids", token_ids, trainer.device, list_dtype=torch.int64, allow_bool=False)
-        if ids.is_floating_point():
-            # A float id (NaN, 1e30) cannot name a token; it would fail later, far from its cause.
-            raise TypeError(f"token_ids must hold integers, got dtype {ids.dtype}")
-        same_shape("token_ids", ids, "trainer_logprobs", trainer)
+    segs = segments(trainer.shape, seq_lens, trainer.device)
+    seq, pos, n_seq = segs.seq, segs.pos, segs.count
+    ids = _ids("token_ids", token_ids, trainer)
+    rollout_ids = _ids("rollout_token_ids", rollout_token_ids, trainer)
+    versions = _per_sequence("rollout_versions", rollout_versions, n_seq, trainer.device)
+    prompts = _per_sequence("prompt_lens", prompt_lens, n_seq, trainer.device)
+    if versions is not None and policy_version is None:
+        raise ValueError("rollout_versions needs policy_version (the trainer's) to measure the lag")
     if trainer.numel() == 0:
         return MismatchResult({"mismatch/n_tokens": 0.0, "mismatch/n_nonfinite": 0.0})
 
@@ -168,22 +197,48 @@ def compute_mismatch(
     if ids is not None:
         worst_cols.append(ids.reshape(-1)[worst_idx].to(f64))
 
-    host = torch.cat([stats, counts, *worst_cols]).cpu().tolist()  # the one host transfer
+    names, stat_parts = list(_STATS), [stats]
+    seq_abs = None
+    if signatures or samples:
+        seq_abs = torch.zeros(n_seq, dtype=f64, device=t.device).index_add_(0, seq, abs_d)
+    if signatures:
+        stat_parts.append(
+            signature_terms(
+                t=t, r=r, d=d, abs_d=abs_d, p_r=p_r, valid=valid, v=v, n=n, seq=seq, pos=pos,
+                seq_count=seq_count, seq_abs=seq_abs,
+            )
+        )  # fmt: skip
+        names += SIGNATURE_METRICS
+        if ids is not None and rollout_ids is not None:
+            stat_parts.append(token_id_term(ids, rollout_ids, valid, n))
+            names.append(TOKEN_ID_METRIC)
+        if versions is not None:
+            stat_parts.append(lag_terms(policy_version - versions, seq_count, seq_abs))
+            names += LAG_METRICS
+    parts = {"stats": torch.cat(stat_parts), "hist": counts, "worst": torch.cat(worst_cols)}
+    picked = _pick_sequences(seq_abs, seq_count, samples, sample_seed) if samples and n_seq else None
+    if picked is not None:
+        parts["sample"] = _sample_rows(picked, segs, t, r, valid, ids, versions, prompts)
 
-    values = dict(zip(_STATS, host[: len(_STATS)], strict=True))
+    sizes = [p.numel() for p in parts.values()]
+    host = torch.cat([p.reshape(-1) for p in parts.values()]).cpu().tolist()  # the one host transfer
+    chunks, offset = {}, 0
+    for key, size in zip(parts, sizes, strict=True):
+        chunks[key], offset = host[offset : offset + size], offset + size
+
+    values = dict(zip(names, chunks["stats"], strict=True))
     n_valid = values["mismatch/n_tokens"]
     if n_valid == 0:
-        result = {"mismatch/n_tokens": 0.0, "mismatch/n_nonfinite": values["mismatch/n_nonfinite"]}
-    else:
-        result = {name: value for name, value in values.items() if not math.isnan(value)}
-    offset = len(_STATS)
+        return MismatchResult(
+            {"mismatch/n_tokens": 0.0, "mismatch/n_nonfinite": values["mismatch/n_nonfinite"]}
+        )
+    result = {name: value for name, value in values.items() if not math.isnan(value)}
     bounds = (-math.inf, *HIST_EDGES, math.inf)
     histogram = [
         {"bin": i, "lo": bounds[i], "hi": bounds[i + 1], "count": int(c)}
-        for i, c in enumerate(host[offset : offset + len(HIST_EDGES) + 1])
+        for i, c in enumerate(chunks["hist"])
     ]
-    offset += len(HIST_EDGES) + 1
-    cols = [host[offset + j * k : offset + (j + 1) * k] for j in range(len(worst_cols))]
+    cols = [chunks["worst"][j * k : (j + 1) * k] for j in range(len(worst_cols))]
     worst = []
     for j in range(k):
         if cols[0][j] < 0:
@@ -198,4 +253,112 @@ def compute_mismatch(
                 "token_id": int(cols[6][j]) if ids is not None else None,
             }
         )
-    return MismatchResult(result, histogram if n_valid else [], worst)
+    sequences = (
+        _unpack_sample(chunks["sample"], picked, samples, segs.width, ids is not None)
+        if picked is not None
+        else []
+    )
+    return MismatchResult(result, histogram, worst, sequences)
+
+
+def _ids(name: str, value: Any, like: torch.Tensor) -> torch.Tensor | None:
+    if value is None:
+        return None
+    ids = as_tensor(name, value, like.device, list_dtype=torch.int64, allow_bool=False)
+    if ids.is_floating_point():
+        # A float id (NaN, 1e30) cannot name a token; it would fail later, far from its cause.
+        raise TypeError(f"{name} must hold integers, got dtype {ids.dtype}")
+    same_shape(name, ids, "trainer_logprobs", like)
+    return ids
+
+
+def _per_sequence(name: str, value: Any, n_seq: int, device: torch.device) -> torch.Tensor | None:
+    """One integer per sequence (versions, prompt lengths), as an int64 tensor on ``device``."""
+    if value is None:
+        return None
+    values = as_tensor(name, value, device, list_dtype=torch.int64, allow_bool=False)
+    if values.is_floating_point() or values.shape != (n_seq,):
+        raise ValueError(
+            f"{name} must hold one integer per sequence ({n_seq}), got {values.dtype} {tuple(values.shape)}"
+        )
+    return values.to(torch.int64)
+
+
+def _pick_sequences(seq_abs: torch.Tensor, seq_count: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+    """The sequence with the largest mean |d| first, then ``samples`` drawn at random (host RNG, so
+    no sync); after the transfer a repeat of the first is dropped and the rest cut to ``samples``."""
+    n_seq = seq_abs.numel()
+    worst = torch.argmax(torch.where(seq_count > 0, seq_abs / seq_count.clamp_min(1.0), -1.0)).view(1)
+    drawn = torch.randperm(n_seq, generator=torch.Generator().manual_seed(seed))[:samples]
+    return torch.cat([worst, drawn.to(seq_abs.device)])
+
+
+def _sample_rows(
+    picked: torch.Tensor,
+    segs: Segments,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    valid: torch.Tensor,
+    ids: torch.Tensor | None,
+    versions: torch.Tensor | None,
+    prompts: torch.Tensor | None,
+) -> torch.Tensor:
+    """The picked sequences as ``[S, 4 + 4W]`` rows: index, length, version, prompt length, then
+    trainer, rollout, valid and id per position, padded to the longest sequence ``W``."""
+    f64 = torch.float64
+    width = max(segs.width, 1)
+    total = t.numel()
+    offsets = torch.arange(width, device=t.device)
+    if segs.packed:
+        lengths = torch.bincount(segs.seq, minlength=segs.count)[picked]
+    else:
+        lengths = torch.full_like(picked, segs.width)
+    flat = (segs.starts[picked][:, None] + offsets[None, :]).clamp_max(max(total - 1, 0))
+    inside = offsets[None, :] < lengths[:, None]
+    nan = torch.tensor(math.nan, dtype=f64, device=t.device)
+    ok = inside & valid[flat]
+    missing = torch.full((picked.numel(),), -1.0, dtype=f64, device=t.device)
+    head = torch.stack(
+        [
+            picked.to(f64),
+            lengths.to(f64),
+            versions[picked].to(f64) if versions is not None else missing,
+            prompts[picked].to(f64) if prompts is not None else missing,
+        ],
+        1,
+    )
+    id_rows = ids.reshape(-1)[flat].to(f64) if ids is not None else torch.zeros_like(flat, dtype=f64)
+    body = [torch.where(ok, t[flat], nan), torch.where(ok, r[flat], nan), inside.to(f64), id_rows]
+    return torch.cat([head, *body], 1)
+
+
+def _unpack_sample(
+    values: list[float], picked: torch.Tensor, samples: int, width: int, has_ids: bool
+) -> list[dict[str, Any]]:
+    width = max(width, 1)
+    row_size = 4 + 4 * width
+    out, seen = [], set()
+    for i in range(picked.numel()):
+        row = values[i * row_size : (i + 1) * row_size]
+        index, length, version, prompt = (int(x) for x in row[:4])
+        if index in seen or len(out) == samples:
+            continue
+        seen.add(index)
+        body = row[4:]
+        trainer, rollout, ids = (
+            body[:length],
+            body[width : width + length],
+            body[3 * width : 3 * width + length],
+        )
+        out.append(
+            {
+                "seq_index": index,
+                "reason": "largest_mismatch" if not out else "random",
+                "token_ids": [int(x) for x in ids] if has_ids else None,
+                "trainer_logprobs": trainer,
+                "rollout_logprobs": rollout,
+                "prompt_len": prompt if prompt >= 0 else None,
+                "rollout_version": version if version >= 0 else None,
+            }
+        )
+    return out

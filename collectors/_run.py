@@ -13,12 +13,12 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, compute_mismatch
+from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_TOP_K, compute_mismatch
 from collectors._tensors import real_number, short_repr, whole_number
 from storage import SCHEMAS, Writer, check_name
 
@@ -133,28 +133,49 @@ class Run:
         token_ids: Any = None,
         tokenizer: Any = None,
         policy_version: int | None = None,
+        rollout_token_ids: Any = None,
+        rollout_versions: Any = None,
+        weight_versions: Sequence[int | None] | None = None,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        prompt_lens: Any = None,
+        signatures: bool = True,
+        samples: int = DEFAULT_SAMPLES,
         eps: float = DEFAULT_EPS,
         C: float = DEFAULT_C,  # noqa: N803
         top_k: int = DEFAULT_TOP_K,
     ) -> dict[str, float]:
-        """Log every ``mismatch/*`` metric, the log-ratio histogram and the worst ``top_k`` tokens.
+        """Log every ``mismatch/*`` and ``signature/*`` metric, the log-ratio histogram, the worst
+        ``top_k`` tokens and ``samples`` whole sequences (the ``sequences`` table).
 
-        Input is padded ``[B, T]`` with ``mask``, or packed 1-D with ``seq_lens``. Returns the stats so
-        the trainer can act on them (for example to skip a batch). Raises ValueError/TypeError on
+        Input is padded ``[B, T]`` with ``mask``, or packed 1-D with ``seq_lens``. The optional
+        per-sequence inputs sharpen the diagnosis: ``rollout_versions`` (the policy version each
+        sequence was sampled from; needs ``policy_version``) shows policy lag, ``rollout_token_ids``
+        (the engine's ids) shows retokenisation, ``prompt_ids`` / ``prompt_lens`` and
+        ``weight_versions`` are kept with the sampled sequences for replay. Returns the stats so the
+        trainer can act on them (for example to skip a batch). Raises ValueError/TypeError on
         malformed input, before anything is logged.
         """
         step = _as_int("step", step)
         if policy_version is not None:
             policy_version = _as_int("policy_version", policy_version)
+        if prompt_ids is not None and prompt_lens is None:
+            prompt_lens = [len(p) for p in prompt_ids]
         result = compute_mismatch(
             trainer_logprobs,
             rollout_logprobs,
             mask,
             seq_lens=seq_lens,
             token_ids=token_ids,
+            rollout_token_ids=rollout_token_ids,
+            rollout_versions=rollout_versions,
+            policy_version=policy_version,
+            prompt_lens=prompt_lens,
             eps=eps,
             C=C,
             top_k=top_k,
+            signatures=signatures,
+            samples=samples,
+            sample_seed=step,
         )
         self.log(step, result.stats, policy_version)
         base = {
@@ -170,6 +191,13 @@ class Run:
         for row in result.worst:
             text = _decode(tokenizer, row["token_id"])
             self.writer.append("tokens", self.run_id, {**base, "ts": ts, "token_text": text, **row})
+        for row in result.sequences:
+            index = row["seq_index"]
+            extra = {
+                "prompt_ids": _nth_ids("prompt_ids", prompt_ids, index),
+                "weight_version": _nth_version(weight_versions, index),
+            }
+            self.writer.append("sequences", self.run_id, {**base, "ts": ts, **row, **extra})
         nonfinite = int(result.stats["mismatch/n_nonfinite"])
         if nonfinite:
             self.event("nonfinite", step=step, tokens=nonfinite, where="log_mismatch")
@@ -514,6 +542,27 @@ def _as_int(name: str, value: Any) -> int:
     if not _I64_MIN <= as_int <= _I64_MAX:
         raise ValueError(f"{name} must fit in a signed 64-bit integer, got {as_int}")
     return as_int
+
+
+def _nth_ids(name: str, rows: Sequence[Sequence[int]] | None, index: int) -> list[int] | None:
+    """Row ``index`` of a per-sequence list of ids, as ints; None when absent or not ids (a bad
+    prompt must cost its record, not the step)."""
+    if rows is None or index >= len(rows):
+        return None
+    try:
+        return [int(x) for x in rows[index]]
+    except (TypeError, ValueError):
+        log.warning("logprobe: %s[%d] is not a list of token ids; not recorded", name, index)
+        return None
+
+
+def _nth_version(versions: Sequence[int | None] | None, index: int) -> int | None:
+    if versions is None or index >= len(versions) or versions[index] is None:
+        return None
+    try:
+        return _as_int("weight_versions", versions[index])
+    except (TypeError, ValueError):
+        return None
 
 
 def _decode(tokenizer: Any, token_id: int | None) -> str | None:

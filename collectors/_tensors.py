@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -109,19 +109,27 @@ def whole_number(name: str, value: Any) -> int:
     return as_int
 
 
-def segments(
-    shape: torch.Size, seq_lens: Any, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-token sequence index, per-token position in its sequence, and the sequence count.
+class Segments(NamedTuple):
+    """Where each token sits: its sequence, its position in it, and the layout's geometry."""
 
-    Padded input is ``[B, T]``; packed input is 1-D with ``seq_lens`` (one sequence if omitted).
-    """
+    seq: torch.Tensor  # per-token sequence index
+    pos: torch.Tensor  # per-token position in its sequence
+    count: int  # number of sequences
+    width: int  # the longest sequence (the row width of padded input)
+    starts: torch.Tensor  # flat index of each sequence's first token
+    packed: bool  # 1-D input with sequences of their own lengths
+
+
+def segments(shape: torch.Size, seq_lens: Any, device: torch.device) -> Segments:
+    """Per-token sequence index and position, for padded ``[B, T]`` input or packed 1-D input with
+    ``seq_lens`` (one sequence if omitted)."""
     if len(shape) == 2:
         if seq_lens is not None:
             raise ValueError("seq_lens is for packed 1-D input; padded [B, T] input uses mask")
         batch, width = shape
         flat = torch.arange(batch * width, device=device)
-        return flat // max(width, 1), flat % max(width, 1), batch
+        starts = torch.arange(batch, device=device) * width
+        return Segments(flat // max(width, 1), flat % max(width, 1), batch, width, starts, False)
     if len(shape) != 1:
         raise ValueError(
             "trainer_logprobs and rollout_logprobs must be padded [B, T] or packed 1-D, "
@@ -130,6 +138,7 @@ def segments(
     total = shape[0]
     if seq_lens is None:
         lens = torch.tensor([total], device=device)
+        width = total
     else:
         lens = as_tensor("seq_lens", seq_lens, device, list_dtype=torch.int64)
         if lens.ndim != 1 or lens.is_floating_point():
@@ -137,7 +146,9 @@ def segments(
         lens = lens.to(torch.int64)
         # Host syncs, only for packed input. Each length is bounded first, so the sum cannot wrap.
         out_of_range = bool(((lens < 0) | (lens > total)).any()) if lens.numel() else False
-        total_lens = int(lens.sum()) if lens.numel() and not out_of_range else 0
+        total_lens, width = (
+            (int(lens.sum()), int(lens.max())) if lens.numel() and not out_of_range else (0, 0)
+        )
         if out_of_range or total_lens != total:
             shown = "out-of-range lengths" if out_of_range else f"sum {total_lens}"
             raise ValueError(
@@ -145,7 +156,9 @@ def segments(
             )
     seq = torch.repeat_interleave(torch.arange(lens.numel(), device=device), lens)
     starts = torch.cumsum(lens, 0) - lens
-    return seq, torch.arange(total, device=device) - starts[seq], int(lens.numel())
+    return Segments(
+        seq, torch.arange(total, device=device) - starts[seq], int(lens.numel()), width, starts, True
+    )
 
 
 def short_repr(value: Any, limit: int = 120) -> str:

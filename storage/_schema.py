@@ -12,7 +12,7 @@ import re
 
 import pyarrow as pa
 
-TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts", "findings")
+TABLES = ("runs", "engines", "metrics", "events", "histograms", "tokens", "alerts", "findings", "sequences")
 
 _ts = pa.timestamp("us", tz="UTC")
 
@@ -153,6 +153,26 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("state", pa.string()),  # "open" | "closed"
         ]
     ),
+    # A few whole sequences per step (the one with the largest mismatch and random ones): what the
+    # diagnosis draws trainer against rollout from, and what a replay re-scores. Bounded per step by
+    # the collector and covered by retention like ``tokens``.
+    "sequences": pa.schema(
+        [
+            pa.field("step", pa.int64()),
+            pa.field("policy_version", pa.int64()),
+            pa.field("ts", _ts),
+            *_origin,
+            pa.field("seq_index", pa.int64()),
+            pa.field("reason", pa.string()),  # "largest_mismatch" | "random"
+            pa.field("prompt_len", pa.int64()),
+            pa.field("rollout_version", pa.int64()),  # the policy version that generated it
+            pa.field("weight_version", pa.int64()),  # the engine's weight version, when it says
+            pa.field("prompt_ids", pa.list_(pa.int64())),
+            pa.field("token_ids", pa.list_(pa.int64())),
+            pa.field("trainer_logprobs", pa.list_(pa.float64())),
+            pa.field("rollout_logprobs", pa.list_(pa.float64())),
+        ]
+    ),
 }
 
 # Keys of ``engines.flags`` whose values differ between two engines with identical settings (ids,
@@ -185,6 +205,8 @@ _DUCKDB_TYPES = {
     pa.bool_(): "BOOLEAN",
     _ts: "TIMESTAMPTZ",
     pa.list_(pa.string()): "VARCHAR[]",
+    pa.list_(pa.int64()): "BIGINT[]",
+    pa.list_(pa.float64()): "DOUBLE[]",
 }
 
 

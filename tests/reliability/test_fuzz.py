@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 import collectors
 import monitor
-from collectors import MISMATCH_METRICS
+from collectors import MISMATCH_METRICS, SIGNATURE_METRICS
 from collectors._run import to_json
 from collectors.vllm import fingerprint
 from storage import SCHEMAS, Store, flatten_flags
@@ -513,7 +513,7 @@ def test_log_mismatch_survives_fuzzed_tensors(tmp_path: Path, figures: Callable[
         else:
             assert case.wrong is None, f"accepted a bad {case.wrong}"
             assert all(type(v) is float for v in stats.values()), stats
-            assert set(stats) <= set(MISMATCH_METRICS)
+            assert set(stats) <= set(MISMATCH_METRICS) | set(SIGNATURE_METRICS)
             assert (stats["mismatch/n_tokens"], stats["mismatch/n_nonfinite"]) == (
                 case.tokens,
                 case.nonfinite,
@@ -530,7 +530,7 @@ def test_log_mismatch_survives_fuzzed_tensors(tmp_path: Path, figures: Callable[
         sentinels.check(store)
         logged = store.sql(
             "SELECT count(*) AS n FROM metrics "
-            "WHERE run_id = 'fuzz-mismatch' AND starts_with(name, 'mismatch/')"
+            "WHERE run_id = 'fuzz-mismatch' AND (starts_with(name, 'mismatch/') OR starts_with(name, 'signature/'))"
         ).to_pylist()[0]["n"]
         assert logged == logged_stats
     figures(cases=tried, calls_that_worked=worked)
