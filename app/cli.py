@@ -586,6 +586,34 @@ def findings(root: str, run_ids: tuple[str, ...], fmt: str) -> None:
     _emit(pa.Table.from_pylist(rows, schema=FINDING_SCHEMA), "table")
 
 
+@main.command()
+@root_option
+@click.option("--run", "run_id", required=True, help="The run to diagnose.")
+@click.option("--reference", default=None, help="Judge against this run (default: the one the run recorded).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("md", "json")),
+    default="md",
+    show_default=True,
+    help="Output format.",
+)
+def diagnose(root: str, run_id: str, reference: str | None, fmt: str) -> None:
+    """Name the causes of a run's mismatch, with the evidence and the fix. JSON is a list ranked by
+    confidence of objects with cause, confidence, step_first, evidence, fix (and title, steps);
+    an empty list for a healthy run."""
+    with storage.Store(root) as store:
+        known = {r["run_id"] for r in storage.list_runs(store).to_pylist()}
+        for name, value in (("run", run_id), ("reference run", reference)):
+            if value is not None and value not in known:
+                raise click.UsageError(f"no {name} {value!r} under {root}")
+        ranked = monitor.diagnose(store, run_id, reference)
+    if fmt == "json":
+        click.echo(json.dumps([d.as_dict() for d in ranked], indent=1))
+        return
+    click.echo(monitor.diagnosis_markdown(run_id, ranked))
+
+
 FINDING_COLUMNS = (
     "run_id",
     "metric",

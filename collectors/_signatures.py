@@ -34,6 +34,7 @@ SIGNATURE_METRICS = (
     "signature/r2",
     "signature/d_mean",
     "signature/frac_neg",
+    "signature/frac_pos",
     *(f"signature/abs_d_prob_{b}" for b in PROB_BUCKETS),
     *(f"signature/abs_d_pos_q{i + 1}" for i in range(POSITION_BUCKETS)),
     "signature/seq_abs_d_cv",
@@ -85,6 +86,7 @@ def signature_terms(
     intercept = (mean_r + mean_d) - slope * mean_r
     r2 = cov_rt * cov_rt / (var_r * var_t)
     frac_neg = (d < 0).to(f64).sum() * inv_n
+    frac_pos = (d > 0).to(f64).sum() * inv_n  # with frac_neg: the balance among tokens that differ
 
     # One code per valid token for (probability bucket, position quarter); invalid tokens go to a
     # last bucket that is dropped. Two bincounts give both marginals.
@@ -124,6 +126,7 @@ def signature_terms(
             r2,
             mean_d,
             frac_neg,
+            frac_pos,
             *by_prob.unbind(),
             *by_pos.unbind(),
             cv,

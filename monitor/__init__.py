@@ -5,12 +5,17 @@
   reference run, isolated spikes, jumps of metrics that trend by design, NaN/Inf), the run monitor
   that feeds them only new points, the findings it keeps, and their attribution to engine changes;
 - flag correlation across runs and segments, and flag diffs;
+- diagnosis: a library of known causes, each a small rule over the collector's signatures, the
+  engine's flags and the run's events, ranked with its evidence and fix;
 - parity reports of a run against a reference run (Markdown and HTML);
 - alert rules, their state machine, webhook notifiers, and the store watcher.
 """
 
 from monitor._alerts import Alert, AlertEngine, Rule, RuleError, WebhookNotifier, default_rules, load_rules
+from monitor._causes import CAUSES, RULES, CauseRule, Diagnosis, Evidence, diagnose_evidence
 from monitor._detectors import DEFAULT_ARL0, Baseline, Jump, Level, NonFinite, Shift, cusum_limit, jump_limit
+from monitor._diagnosis import diagnose, load_evidence, reference_level, top_causes
+from monitor._diagnosis import markdown as diagnosis_markdown
 from monitor._findings import DETECTORS, SEVERITIES, Finding
 from monitor._flags import (
     ConfigChange,
@@ -41,11 +46,13 @@ from monitor._specs import SPECS, MetricSpec, spec_for
 from monitor._watch import AlertWatcher
 
 __all__ = [
+    "CAUSES",
     "CONTEXT_METRICS",
     "DEFAULT_ARL0",
     "DEFAULT_THRESHOLDS",
     "DEFAULT_TOLERANCES",
     "DETECTORS",
+    "RULES",
     "SEVERITIES",
     "SPECS",
     "Alert",
@@ -53,7 +60,10 @@ __all__ = [
     "AlertWatcher",
     "Attribution",
     "Baseline",
+    "CauseRule",
     "ConfigChange",
+    "Diagnosis",
+    "Evidence",
     "Finding",
     "FlagEffect",
     "Jump",
@@ -77,19 +87,25 @@ __all__ = [
     "default_rules",
     "detect",
     "detect_run",
+    "diagnose",
+    "diagnose_evidence",
+    "diagnosis_markdown",
     "ema",
     "feed",
     "findings_cache_dir",
     "flag_diff",
     "flag_effects",
     "jump_limit",
+    "load_evidence",
     "load_reference",
     "load_rules",
     "metric_rows",
     "monitor_for",
     "parity",
+    "reference_level",
     "reference_of",
     "run_findings",
     "segments",
     "spec_for",
+    "top_causes",
 ]

@@ -21,6 +21,9 @@ from storage._queries import (
     metric_series,
     metrics_after,
     monitored_runs,
+    sequences,
+    step_metrics,
+    version_gaps,
     worst_tokens,
 )
 from storage._retention import RetentionReport, apply_retention, check_keep
@@ -64,5 +67,8 @@ __all__ = [
     "metrics_after",
     "monitored_runs",
     "resolve_root",
+    "sequences",
+    "step_metrics",
+    "version_gaps",
     "worst_tokens",
 ]

@@ -280,3 +280,35 @@ def worst_tokens(store: Store, run_id: str, step: int | None = None, limit: int 
         "ORDER BY abs(log_ratio) DESC NULLS FIRST, step, seq_index, position LIMIT ?",
         [run_id, step, step, int(limit)],
     )
+
+
+def step_metrics(store: Store, run_id: str, prefixes: Sequence[str], names: Sequence[str] = ()) -> pa.Table:
+    """One run's metrics whose names start with one of ``prefixes`` (or are in ``names``), one value
+    per (step, name): the mean over ranks and sources. What the diagnosis reads."""
+    starts = "".join(" OR starts_with(name, ?)" for _ in prefixes)
+    return store.sql(
+        "SELECT step, name, avg(value) AS value FROM metrics WHERE run_id = ? AND step IS NOT NULL "
+        f"AND (name IN (SELECT unnest(?)){starts}) GROUP BY step, name ORDER BY step",
+        [run_id, list(names), *prefixes],
+    )
+
+
+def version_gaps(store: Store, run_id: str) -> pa.Table:
+    """Per step, the largest shortfall of the engine's own weight version behind the version the
+    trainer recorded for the rollout, over the sampled sequences that carry both (negative: the
+    engine served older weights than the trainer believed)."""
+    return store.sql(
+        "SELECT step, min(weight_version - rollout_version) AS gap FROM sequences WHERE run_id = ? "
+        "AND weight_version IS NOT NULL AND rollout_version IS NOT NULL GROUP BY step ORDER BY step",
+        [run_id],
+    )
+
+
+def sequences(store: Store, run_id: str, step: int | None = None, limit: int = 200) -> pa.Table:
+    """Sampled whole sequences of a run (of one step, or the latest ``limit``), newest step first."""
+    return store.sql(
+        "SELECT step, policy_version, seq_index, reason, prompt_len, rollout_version, weight_version, "
+        "token_ids, trainer_logprobs, rollout_logprobs FROM sequences WHERE run_id = ? AND "
+        "(? IS NULL OR step = ?) ORDER BY step DESC, reason, seq_index LIMIT ?",
+        [run_id, step, step, limit],
+    )

@@ -27,6 +27,7 @@ class EngineSettings:
     pause_generation_for_updates: bool = True  # False: an update lands mid-batch
     lm_head_dtype: str = "float32"  # or "bfloat16"
     temperature: float = 0.7
+    top_p: float = 1.0  # < 1: sample from the nucleus; processed logprobs are renormalised over it
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Rollout:
 
 class RolloutEngine(Protocol):
     settings: EngineSettings
+    version: int  # the policy version of the weights it serves
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int) -> Rollout: ...
     def push_weights(self, state: dict[str, torch.Tensor], version: int) -> None: ...
@@ -80,7 +82,7 @@ class TorchSampler:
                     )  # new weights, old KV: one response, two policies
                     self._pending = None
                 logits = self._head(last)
-                processed = torch.log_softmax(logits / temperature, dim=-1)
+                processed = _nucleus(torch.log_softmax(logits / temperature, dim=-1), self.settings.top_p)
                 nxt = torch.multinomial(processed.exp(), 1)
                 scores = (
                     processed
@@ -125,6 +127,7 @@ class TorchSampler:
                     "pause_generation_for_updates": s.pause_generation_for_updates,
                     "lm_head_dtype": s.lm_head_dtype,
                     "temperature": s.temperature,
+                    "top_p": s.top_p,
                 },
             },
             step=step,
@@ -218,6 +221,7 @@ class VllmEngine:
         )
         self._sampling = vllm.SamplingParams
         self._watcher: Any = None
+        self.version = 0
 
     def attach(self, run: Run) -> None:
         import collectors.vllm as lpv
@@ -228,7 +232,12 @@ class VllmEngine:
         import collectors.vllm as lpv
 
         params = self._sampling(
-            n=n, temperature=self.settings.temperature, max_tokens=max_tokens, logprobs=0, ignore_eos=True
+            n=n,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            max_tokens=max_tokens,
+            logprobs=0,
+            ignore_eos=True,
         )
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         batch = lpv.rollout_batch(outputs)
@@ -236,6 +245,7 @@ class VllmEngine:
         return Rollout(batch.token_ids, batch.logprobs, cached)
 
     def push_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        self.version = version
         if self._watcher is not None:
             self._watcher.weight_version = version
         worker = self.llm.llm_engine.model_executor.driver_worker
@@ -260,6 +270,18 @@ class VllmEngine:
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
+
+
+def _nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logprobs`` restricted to the smallest set of tokens holding ``top_p`` of the mass and
+    renormalised over it, as vLLM's processed logprobs are (the token that crosses ``top_p`` is kept)."""
+    if top_p >= 1.0:
+        return logprobs
+    sorted_lp, order = logprobs.sort(dim=-1, descending=True)
+    mass_before = sorted_lp.exp().cumsum(-1) - sorted_lp.exp()
+    drop_sorted = mass_before >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return torch.log_softmax(logprobs.masked_fill(drop, -torch.inf), dim=-1)
 
 
 def _common_prefix(prompts: list[list[int]]) -> list[int]:

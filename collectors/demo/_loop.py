@@ -36,6 +36,10 @@ class Scenario:
     description: str
     engine: EngineSettings
     switch_to: EngineSettings | None = None  # restart the engine with these halfway through
+    # Faults in the trainer's plumbing rather than the engine's settings:
+    miss_every_other_update: bool = False  # a weight push that never reaches the engine
+    policy_lag: int = 0  # rollouts come from the policy this many versions back (async RL)
+    trainer_offset: int = 0  # the trainer's logprobs are misaligned with the rollout's by this many tokens
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -71,6 +75,30 @@ SCENARIOS: dict[str, Scenario] = {
             "prefix caching with every fix: reset after updates, paused generation, "
             "processed logprobs, fp32 lm_head",
             _CACHED,
+        ),
+        Scenario(
+            "top-p-truncation",
+            "the engine samples with top_p = 0.8 and reports processed logprobs renormalised over the "
+            "nucleus; the trainer scores over the full vocabulary",
+            replace(_REFERENCE, top_p=0.8),
+        ),
+        Scenario(
+            "stale-weights",
+            "every other weight update never reaches the engine",
+            _REFERENCE,
+            miss_every_other_update=True,
+        ),
+        Scenario(
+            "policy-lag",
+            "asynchronous rollouts: each batch comes from the policy two versions back",
+            _REFERENCE,
+            policy_lag=2,
+        ),
+        Scenario(
+            "off-by-one",
+            "the trainer's logprobs are shifted one position against the rollout's",
+            _REFERENCE,
+            trainer_offset=1,
         ),
         Scenario(
             "flag-change",
@@ -158,8 +186,12 @@ def run_scenario(
     )
     engines = [_make_engine(engine_kind, scenario.engine, policy, model_dir, seed, run)]
     engine = engines[0]
+    history = {0: _snapshot(policy)} if scenario.policy_lag else {}  # recent weights by policy version
+    believed = 0  # the version the trainer thinks the engine serves
     try:
         engine.record(run, 0)
+        settings = scenario.engine
+        run.event("sampling_params", step=0, temperature=settings.temperature, top_p=settings.top_p, top_k=-1)
         for step in range(steps):
             if scenario.switch_to is not None and step == steps // 2:
                 # A restart with other flags, the way a version bump lands mid-run. The old engine is
@@ -176,7 +208,10 @@ def run_scenario(
                     after=asdict(scenario.switch_to),
                 )
             engine.set_step(step)
-            reward = _train_step(run, step, task, policy, reference, optimizer, engine, generator)
+            reward = _train_step(
+                run, step, task, policy, reference, optimizer, engine, generator, scenario, believed
+            )
+            believed = _push(scenario, engine, policy, history, step + 1)
             for kind, payload in engine.drain_events():
                 run.event(kind, step=step, **payload)
             if on_step is not None:
@@ -209,7 +244,11 @@ def _train_step(
     optimizer: torch.optim.Optimizer,
     engine: RolloutEngine,
     generator: torch.Generator,
+    scenario: Scenario,
+    believed: int,
 ) -> float:
+    """One GRPO step; ``believed`` is the policy version the trainer thinks the engine serves (what
+    a trainer records per rollout), beside which the engine's own version is logged."""
     targets = torch.tensor(TARGETS)[torch.randint(len(TARGETS), (PROMPTS_PER_STEP,), generator=generator)]
     prompts = [task.prompt_ids(int(t)) for t in targets]
     rollout = engine.generate(prompts, n=GROUP_SIZE, max_tokens=RESPONSE_TOKENS)
@@ -226,7 +265,13 @@ def _train_step(
     with torch.no_grad():
         ref_logits = reference(full[:, :-1]).logits[:, prompt_len - 1 :].float() / temperature
         ref_lp = torch.log_softmax(ref_logits, -1).gather(2, responses[..., None]).squeeze(-1)
-    ratio = torch.exp(trainer_lp - rollout.logprobs.float())
+    rollout_lp, trainer_ids, rollout_ids = rollout.logprobs, responses, responses
+    if scenario.trainer_offset:  # the plumbing bug: trainer position i is paired with rollout i + k
+        k = scenario.trainer_offset
+        trainer_lp, trainer_ids = trainer_lp[:, k:], responses[:, k:]
+        ref_lp, logits = ref_lp[:, k:], logits[:, k:]
+        rollout_lp, rollout_ids = rollout_lp[:, :-k], responses[:, :-k]
+    ratio = torch.exp(trainer_lp - rollout_lp.float())
     adv = advantages[:, None].float()
     loss = -torch.minimum(ratio * adv, ratio.clamp(1 - CLIP_EPS, 1 + CLIP_EPS) * adv).mean()
     optimizer.zero_grad()
@@ -234,17 +279,22 @@ def _train_step(
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
     optimizer.step()
 
+    group_prompts = [p for p in prompts for _ in range(GROUP_SIZE)]
     run.log_mismatch(
         step,
         trainer_lp.detach(),
-        rollout.logprobs,
-        token_ids=responses,
+        rollout_lp,
+        token_ids=trainer_ids,
+        rollout_token_ids=rollout_ids,
         tokenizer=task.tokenizer,
         policy_version=step,
+        rollout_versions=[believed] * len(group_prompts),
+        weight_versions=[engine.version] * len(group_prompts),
+        prompt_ids=group_prompts,
     )
     stats = collectors.rl_stats(
         logprobs=trainer_lp.detach(),
-        old_logprobs=rollout.logprobs,
+        old_logprobs=rollout_lp,
         advantages=advantages,
         ref_logprobs=ref_lp,
         logits=logits.detach(),
@@ -261,5 +311,27 @@ def _train_step(
         },
         policy_version=step,
     )
-    engine.push_weights(policy.state_dict(), version=step + 1)
     return float(rewards.mean())
+
+
+def _snapshot(policy: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+
+def _push(
+    scenario: Scenario, engine: RolloutEngine, policy: Any, history: dict[int, Any], version: int
+) -> int:
+    """Send the trainer's new weights (``version``) to the engine, or what a faulty pipeline sends:
+    nothing on every other update, or the weights of ``policy_lag`` versions back. Returns the
+    version the trainer believes the engine now serves."""
+    if scenario.miss_every_other_update and version % 2 == 1:
+        return version  # lost on the way: the engine keeps serving the previous weights, unknowingly
+    if scenario.policy_lag:
+        history[version] = _snapshot(policy)
+        old = max(0, version - scenario.policy_lag)
+        engine.push_weights(history[old], version=old)
+        for stale in [v for v in history if v < old]:
+            del history[stale]
+        return old  # asynchronous by design: the trainer knows the rollouts lag
+    engine.push_weights(policy.state_dict(), version=version)
+    return version

@@ -530,7 +530,8 @@ def test_log_mismatch_survives_fuzzed_tensors(tmp_path: Path, figures: Callable[
         sentinels.check(store)
         logged = store.sql(
             "SELECT count(*) AS n FROM metrics "
-            "WHERE run_id = 'fuzz-mismatch' AND (starts_with(name, 'mismatch/') OR starts_with(name, 'signature/'))"
+            "WHERE run_id = 'fuzz-mismatch' "
+            "AND (starts_with(name, 'mismatch/') OR starts_with(name, 'signature/'))"
         ).to_pylist()[0]["n"]
         assert logged == logged_stats
     figures(cases=tried, calls_that_worked=worked)

@@ -1,0 +1,107 @@
+"""Diagnosis of one run from the store: gather the evidence the cause library reads, and rank.
+
+Reads only what the rules need: the run's ``mismatch/*`` and ``signature/*`` series (one value per
+step), the prefix-cache hit counters, its engine configurations and events, the engine's own weight
+versions beside the trainer's from the ``sequences`` sample, and the reference run's level.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import storage
+from monitor._causes import Diagnosis, Evidence, diagnose_evidence
+from monitor._scan import reference_of
+from storage import Store
+
+LEVEL = "mismatch/abs_logp_diff_mean"
+_NAMES = (LEVEL, "rollout/prefix_cache_hit_tokens", "engine/prefix_cache_hits")
+
+
+def load_evidence(store: Store, run_id: str, reference: str | None = None) -> Evidence:
+    """The :class:`Evidence` for ``run_id``, judged against ``reference`` (default: the run's own)."""
+    rows = storage.step_metrics(store, run_id, ["signature/"], _NAMES)
+    steps_col = np.asarray(rows.column("step").to_numpy(zero_copy_only=False), dtype=np.int64)
+    names = np.asarray(rows.column("name").to_pylist(), dtype=object)
+    values = np.asarray(rows.column("value").to_numpy(zero_copy_only=False), dtype=float)
+    steps = np.unique(steps_col)
+    index = np.searchsorted(steps, steps_col)
+    series: dict[str, np.ndarray] = {}
+    for name in set(names.tolist()):
+        column = np.full(len(steps), np.nan)
+        hit = names == name
+        column[index[hit]] = values[hit]
+        series[name] = column
+
+    ref_id = reference if reference is not None else reference_of(store, run_id)
+    level = reference_level(store, ref_id) if ref_id and ref_id != run_id else None
+
+    engines = storage.engines(store, [run_id]).to_pylist()
+    engines.sort(key=lambda r: (r.get("step_first") is not None, r.get("step_first") or 0))
+    events = [
+        (e["step"], e["kind"], _payload(e["payload"]))
+        for e in storage.events(store, [run_id]).to_pylist()
+        if e["kind"] not in ("run_start", "run_end", "monitor")
+    ]
+    gaps = storage.version_gaps(store, run_id)
+    gap = None
+    if gaps.num_rows:
+        gap = np.full(len(steps), np.nan)
+        gap_steps = np.asarray(gaps.column("step").to_pylist(), dtype=np.int64)
+        known = np.isin(gap_steps, steps)
+        gap[np.searchsorted(steps, gap_steps[known])] = np.asarray(gaps.column("gap").to_pylist(), float)[
+            known
+        ]
+    return Evidence(run_id, steps, series, ref_id, level, engines, events, gap)
+
+
+def reference_level(store: Store, run_id: str) -> float | None:
+    """The reference run's 90th percentile of mean |d|: the level a healthy twin reaches."""
+    row = store.sql(
+        "SELECT quantile_cont(value, 0.9) AS level FROM metrics WHERE run_id = ? AND name = ?",
+        [run_id, LEVEL],
+    ).to_pylist()
+    return row[0]["level"] if row and row[0]["level"] is not None else None
+
+
+def diagnose(store: Store, run_id: str, reference: str | None = None) -> list[Diagnosis]:
+    """The causes of ``run_id``'s mismatch, most likely first; empty for a healthy run."""
+    return diagnose_evidence(load_evidence(store, run_id, reference))
+
+
+def top_causes(store: Store, run_ids: Sequence[str]) -> dict[str, Diagnosis | None]:
+    """Each run's most likely cause (None when healthy or unreadable): the Runs page's column."""
+    out: dict[str, Diagnosis | None] = {}
+    for run_id in run_ids:
+        ranked = diagnose(store, run_id)
+        out[run_id] = ranked[0] if ranked else None
+    return out
+
+
+def markdown(run_id: str, ranked: Sequence[Diagnosis]) -> str:
+    """A diagnosis as Markdown: one section per cause, evidence then fix."""
+    if not ranked:
+        return f"# {run_id}: healthy\n\nNo cause: the mismatch never rose above the reference's level.\n"
+    lines = [f"# {run_id}: {ranked[0].title or ranked[0].cause}", ""]
+    for d in ranked:
+        since = "" if d.step_first is None else f", from step {d.step_first}"
+        lines += [
+            f"## {d.cause} (confidence {d.confidence:.2f}{since})",
+            "",
+            f"- **Evidence:** {d.evidence}",
+            f"- **Fix:** {d.fix}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _payload(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
