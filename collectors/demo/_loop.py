@@ -40,6 +40,10 @@ class Scenario:
     miss_every_other_update: bool = False  # a weight push that never reaches the engine
     policy_lag: int = 0  # rollouts come from the policy this many versions back (async RL)
     trainer_offset: int = 0  # the trainer's logprobs are misaligned with the rollout's by this many tokens
+    # What a diagnosis should name (a ``monitor.CAUSES`` id; None for a healthy run) and from which
+    # step the fault shows (-1: half-way, where ``switch_to`` lands).
+    cause: str | None = None
+    onset: int = 0
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -54,21 +58,29 @@ SCENARIOS: dict[str, Scenario] = {
             "raw-logprobs",
             "the engine reports raw logprobs while sampling at temperature 0.7",
             replace(_REFERENCE, logprobs_mode="raw_logprobs"),
+            cause="logprobs_semantics",
+            onset=0,
         ),
         Scenario(
             "prefix-cache-no-reset",
             "prefix caching on, never reset after a weight update",
             replace(_CACHED, reset_prefix_cache_on_update=False),
+            cause="stale_prefix_cache",
+            onset=1,
         ),
         Scenario(
             "inflight-update",
             "weights change mid-batch without pausing: responses mix two policies",
             replace(_REFERENCE, pause_generation_for_updates=False),
+            cause="inflight_weight_update",
+            onset=1,
         ),
         Scenario(
             "bf16-lm-head",
             "the engine computes the final projection in bf16, the trainer in fp32",
             replace(_REFERENCE, lm_head_dtype="bfloat16"),
+            cause="lm_head_precision",
+            onset=0,
         ),
         Scenario(
             "all-fixed",
@@ -81,30 +93,40 @@ SCENARIOS: dict[str, Scenario] = {
             "the engine samples with top_p = 0.8 and reports processed logprobs renormalised over the "
             "nucleus; the trainer scores over the full vocabulary",
             replace(_REFERENCE, top_p=0.8),
+            cause="sampling_truncation",
+            onset=0,
         ),
         Scenario(
             "stale-weights",
             "every other weight update never reaches the engine",
             _REFERENCE,
             miss_every_other_update=True,
+            cause="stale_weights",
+            onset=1,
         ),
         Scenario(
             "policy-lag",
             "asynchronous rollouts: each batch comes from the policy two versions back",
             _REFERENCE,
             policy_lag=2,
+            cause="policy_lag",
+            onset=1,
         ),
         Scenario(
             "off-by-one",
             "the trainer's logprobs are shifted one position against the rollout's",
             _REFERENCE,
             trainer_offset=1,
+            cause="token_misalignment",
+            onset=0,
         ),
         Scenario(
             "flag-change",
             "starts as reference; halfway the engine restarts with raw logprobs",
             _REFERENCE,
             switch_to=replace(_REFERENCE, logprobs_mode="raw_logprobs"),
+            cause="logprobs_semantics",
+            onset=-1,
         ),
     ]
 }
