@@ -20,6 +20,7 @@ REPEATS = 2
 CONTENDERS = {
     "logprobe `compute_mismatch`",
     "logprobe `Run.log_mismatch` (+ store rows)",
+    "logprobe `Run.log_mismatch`, no signatures or sequences (as before)",
     "(a) separate reductions, float32 (as today)",
     "(a') separate reductions, float64",
     "(b) fused floor, eager",
@@ -56,13 +57,15 @@ def test_in_loop_benchmark_smoke(tmp_path: Path) -> None:
     assert report.startswith("# logprobe in-loop benchmark")
     assert report in proc.stdout  # stdout carries the same report
     assert f"--tokens={TOKENS}" in report  # the exact command is recorded
-    assert report.count("| MET |") + report.count("| MISSED |") == 2  # vs (a) and vs the eager floor
+    # vs (a), signatures' cost, vs the eager floor
+    assert report.count("| MET |") + report.count("| MISSED |") == 3
     assert "torch" in report and "intra-op threads" in report
 
     result = json.loads(numbers.read_text(encoding="utf-8"))
     assert result["agreement"]["passed"] is True
     checked = [a for a in result["agreement"]["contenders"] if a["checked"]]
-    assert len(checked) == 3 and all(a["passed"] for a in checked)  # log_mismatch, (a'), eager floor
+    # log_mismatch with and without signatures, (a'), eager floor
+    assert len(checked) == 4 and all(a["passed"] for a in checked)
 
     timings = result["timings"]
     assert {t["contender"] for t in timings} == CONTENDERS
@@ -78,4 +81,4 @@ def test_in_loop_benchmark_smoke(tmp_path: Path) -> None:
         assert _positive(model[key]), key
     for value in (*model["forward_s"], *model["log_mismatch_s"]):
         assert _positive(value)
-    assert len(result["goals"]) == 2
+    assert len(result["goals"]) == 3
