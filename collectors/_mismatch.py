@@ -20,6 +20,7 @@ from collectors._signatures import (
     lag_terms,
     signature_terms,
     token_id_term,
+    token_sample,
 )
 from collectors._tensors import Segments, as_mask, as_tensor, real_number, same_shape, segments, whole_number
 
@@ -198,25 +199,19 @@ def compute_mismatch(
         worst_cols.append(ids.reshape(-1)[worst_idx].to(f64))
 
     names, stat_parts = list(_STATS), [stats]
-    seq_abs = None
-    if signatures or samples:
-        seq_abs = torch.zeros(n_seq, dtype=f64, device=t.device).index_add_(0, seq, abs_d)
     if signatures:
-        stat_parts.append(
-            signature_terms(
-                t=t, r=r, d=d, abs_d=abs_d, p_r=p_r, valid=valid, v=v, n=n, seq=seq, pos=pos,
-                seq_count=seq_count, seq_abs=seq_abs,
-            )
-        )  # fmt: skip
+        sample = token_sample(trainer.shape, t, r, valid, seq, segs.packed)
+        terms, sampled_count, sampled_abs = signature_terms(**sample, n_seq=n_seq)
+        stat_parts.append(terms)
         names += SIGNATURE_METRICS
         if ids is not None and rollout_ids is not None:
             stat_parts.append(token_id_term(ids, rollout_ids, valid, n))
             names.append(TOKEN_ID_METRIC)
         if versions is not None:
-            stat_parts.append(lag_terms(policy_version - versions, seq_count, seq_abs))
+            stat_parts.append(lag_terms(policy_version - versions, sampled_count, sampled_abs))
             names += LAG_METRICS
     parts = {"stats": torch.cat(stat_parts), "hist": counts, "worst": torch.cat(worst_cols)}
-    picked = _pick_sequences(seq_abs, seq_count, samples, sample_seed) if samples and n_seq else None
+    picked = _pick_sequences(seq_k3, seq_count, samples, sample_seed) if samples and n_seq else None
     if picked is not None:
         parts["sample"] = _sample_rows(picked, segs, t, r, valid, ids, versions, prompts)
 
@@ -284,13 +279,14 @@ def _per_sequence(name: str, value: Any, n_seq: int, device: torch.device) -> to
     return values.to(torch.int64)
 
 
-def _pick_sequences(seq_abs: torch.Tensor, seq_count: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
-    """The sequence with the largest mean |d| first, then ``samples`` drawn at random (host RNG, so
-    no sync); after the transfer a repeat of the first is dropped and the rest cut to ``samples``."""
-    n_seq = seq_abs.numel()
-    worst = torch.argmax(torch.where(seq_count > 0, seq_abs / seq_count.clamp_min(1.0), -1.0)).view(1)
+def _pick_sequences(seq_k3: torch.Tensor, seq_count: torch.Tensor, samples: int, seed: int) -> torch.Tensor:
+    """The sequence with the largest mean k3 (the largest mismatch) first, then ``samples`` drawn at
+    random (host RNG, so no sync); after the transfer a repeat of the first is dropped and the rest
+    cut to ``samples``."""
+    n_seq = seq_k3.numel()
+    worst = torch.argmax(torch.where(seq_count > 0, seq_k3 / seq_count.clamp_min(1.0), -1.0)).view(1)
     drawn = torch.randperm(n_seq, generator=torch.Generator().manual_seed(seed))[:samples]
-    return torch.cat([worst, drawn.to(seq_abs.device)])
+    return torch.cat([worst, drawn.to(seq_k3.device)])
 
 
 def _sample_rows(

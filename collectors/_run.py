@@ -56,6 +56,7 @@ class Run:
         self._owns_writer = True
         self.alerts: Any = None  # a monitor.AlertEngine, evaluated on every log()
         self.detectors: Any = None  # a monitor.RunMonitor beside it, its findings kept in the store
+        self.evidence: Any = None  # a monitor.EvidenceWindow: what names an alert's cause inline
         self.on_alert = "log"
 
     # -------------------------------------------------------------- scalars
@@ -87,6 +88,11 @@ class Run:
             self._check_alerts(step, metrics)
 
     def _check_alerts(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if self.evidence is not None:
+            try:
+                self.evidence.observe(step, metrics)
+            except Exception as exc:  # the window only serves the alerts' message
+                log.warning("logprobe: evidence window failed: %s", exc)
         if self.detectors is not None:
             self._check_detectors(step, metrics)
         try:
@@ -198,6 +204,8 @@ class Run:
                 "weight_version": _nth_version(weight_versions, index),
             }
             self.writer.append("sequences", self.run_id, {**base, "ts": ts, **row, **extra})
+            if self.evidence is not None and None not in (extra["weight_version"], row["rollout_version"]):
+                self.evidence.gap(step, extra["weight_version"] - row["rollout_version"])
         nonfinite = int(result.stats["mismatch/n_nonfinite"])
         if nonfinite:
             self.event("nonfinite", step=step, tokens=nonfinite, where="log_mismatch")
@@ -210,6 +218,8 @@ class Run:
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"event kind must be a non-empty str, got {short_repr(kind)}")
         _text("event kind", kind)
+        if self.evidence is not None:
+            self.evidence.event(step, kind, json.loads(to_json(payload)))
         self.writer.append(
             "events",
             self.run_id,
@@ -251,7 +261,13 @@ class Run:
             fingerprint=fingerprint,
         )
         self.writer.append("engines", self.run_id, row)
+        if self.evidence is not None:
+            self.evidence.engine({**plain, **row})
         return fingerprint
+
+    def _explain(self, run_id: str) -> Any:
+        """This run's likely cause, for an alert that fires on it (the rule engine asks)."""
+        return self.evidence.explain() if self.evidence is not None and run_id == self.run_id else None
 
     def with_source(self, source: str, worker: str | None = None) -> Run:
         """A view of this run that logs as another source (e.g. ``rollout`` beside ``trainer``).
@@ -343,6 +359,8 @@ def init(
         run.alerts = engine
         run.on_alert = on_alert
         run.detectors = _detectors(writer, run_id, reference)
+        run.evidence = _evidence_window(writer, run_id, reference)
+        engine.explain = run._explain
         run.event("monitor", by="inline", reference=reference)
     from collectors import __version__
 
@@ -513,6 +531,21 @@ def _detectors(writer: Writer, run_id: str, reference: str | None) -> Any:
             if ref is None:
                 log.warning("logprobe: reference run %s has no metrics yet; judging without it", reference)
     return monitor.RunMonitor(run_id, reference=ref)
+
+
+def _evidence_window(writer: Writer, run_id: str, reference: str | None) -> Any:
+    """The window that names causes inline, judged against the reference's level (its 90th
+    percentile of mean |d|) when that run is in the store."""
+    import monitor
+    import storage
+
+    level = None
+    if reference is not None:
+        try:
+            level = monitor.reference_level(storage.Store(writer.root), reference)
+        except Exception as exc:
+            log.warning("logprobe: reference run %s unreadable for diagnosis: %s", reference, exc)
+    return monitor.EvidenceWindow(run_id, reference_level=level)
 
 
 _ENGINE_TYPES = {f.name: f.type for f in SCHEMAS["engines"]}

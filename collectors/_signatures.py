@@ -27,7 +27,10 @@ import torch
 # p_rollout bucket edges: the low-probability tail, the middle, the near-certain tokens.
 PROB_EDGES = (0.1, 0.9)
 PROB_BUCKETS = ("low", "mid", "high")
-POSITION_BUCKETS = 4  # quarters of each response
+POSITION_BUCKETS = 4  # quarters of the response width
+# The token-level signatures are shape statistics (a slope, a share, bucket means): 2^16 tokens pin
+# them to a few percent while bounding their cost: a 16M-token batch pays for 2^16, not 16M.
+SAMPLE_TOKENS = 2**16
 SIGNATURE_METRICS = (
     "signature/slope",
     "signature/intercept",
@@ -47,38 +50,64 @@ TOKEN_ID_METRIC = "signature/token_id_mismatch_frac"
 LAG_METRICS = ("signature/lag_mean", "signature/lag_max", "signature/abs_d_lag0", "signature/abs_d_lagged")
 
 
+def token_sample(
+    shape: torch.Size, t: torch.Tensor, r: torch.Tensor, valid: torch.Tensor, seq: torch.Tensor, packed: bool
+) -> dict[str, torch.Tensor]:
+    """At most about :data:`SAMPLE_TOKENS` tokens in whole rows, as ``[R, W]`` views of trainer
+    (``t``), rollout (``r``), ``valid`` and ``seq`` (sequence index), plus ``joined``: a token
+    continues the sequence of the one before it.
+
+    Padded input keeps every k-th row (GRPO groups sit in adjacent rows, so striding spans groups);
+    packed input keeps its first tokens as one row.
+    """
+    if not packed:
+        batch, width = shape
+        stride = max(1, -(-batch * width // SAMPLE_TOKENS))
+        rows = slice(None, None, stride)
+        t2, r2, v2, s2 = (x.view(batch, width)[rows] for x in (t, r, valid, seq))
+        joined = torch.ones_like(v2)
+        joined[:, 0] = False
+        return {"t": t2, "r": r2, "valid": v2, "seq": s2, "joined": joined}
+    keep = min(t.numel(), SAMPLE_TOKENS)
+    joined = torch.zeros(keep, dtype=torch.bool, device=t.device)
+    joined[1:] = seq[1:keep] == seq[: keep - 1]
+    head = {"t": t, "r": r, "valid": valid, "seq": seq}
+    return {**{k: v[:keep].view(1, -1) for k, v in head.items()}, "joined": joined.view(1, -1)}
+
+
 def signature_terms(
     *,
     t: torch.Tensor,
     r: torch.Tensor,
-    d: torch.Tensor,
-    abs_d: torch.Tensor,
-    p_r: torch.Tensor,
     valid: torch.Tensor,
-    v: torch.Tensor,
-    n: torch.Tensor,
     seq: torch.Tensor,
-    pos: torch.Tensor,
-    seq_count: torch.Tensor,
-    seq_abs: torch.Tensor,
-) -> torch.Tensor:
+    joined: torch.Tensor,
+    n_seq: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The :data:`SIGNATURE_METRICS`, in order, as one float64 vector on the tensors' device.
 
-    ``d``, ``abs_d`` and ``p_r`` are zero where a token is not ``valid``; ``t`` and ``r`` are raw.
-    An empty bucket comes out NaN (0/0), which :func:`compute_mismatch` drops from the stats.
+    ``t``, ``r``, ``valid`` are the ``[R, W]`` token sample of :func:`token_sample` (raw: invalid
+    tokens may hold NaN); ``seq`` their sequence index of ``n_seq``; ``joined`` flags a token that
+    follows another of its sequence. Also returns the sample's valid tokens and sum |d| per sequence
+    (zero for sequences outside it), which the lag terms read. An empty bucket comes out NaN (0/0),
+    which :func:`compute_mismatch` drops from the stats.
     """
     f64 = torch.float64
-    inv_n = 1.0 / n.clamp_min(1.0)
     zero = torch.zeros((), dtype=f64, device=t.device)
+    t = torch.where(valid, t.to(f64), zero)
+    r = torch.where(valid, r.to(f64), zero)
+    v = valid.to(f64)
+    n = v.sum()
+    inv_n = 1.0 / n.clamp_min(1.0)
+    d = t - r
+    abs_d = d.abs()
 
     # Trainer on rollout: t = r + d, so cov(r, t) = var(r) + cov(r, d); computing the deviation from a
     # slope of 1 directly keeps its precision when d is 1e-7 and r is -5.
-    r_valid = torch.where(valid, r, zero)
-    mean_r = r_valid.sum() * inv_n
+    mean_r = r.sum() * inv_n
     mean_d = d.sum() * inv_n
-    centred_r = (r_valid - mean_r) * v
-    var_r = (centred_r * centred_r).sum() * inv_n
-    cov_rd = (centred_r * d).sum() * inv_n
+    var_r = (r * r).sum() * inv_n - mean_r * mean_r
+    cov_rd = (r * d).sum() * inv_n - mean_r * mean_d
     var_d = (d * d).sum() * inv_n - mean_d * mean_d
     var_t = var_r + 2.0 * cov_rd + var_d
     cov_rt = var_r + cov_rd
@@ -90,17 +119,22 @@ def signature_terms(
 
     # One code per valid token for (probability bucket, position quarter); invalid tokens go to a
     # last bucket that is dropped. Two bincounts give both marginals.
-    prob_code = (p_r >= PROB_EDGES[0]).to(torch.int64) + (p_r >= PROB_EDGES[1]).to(torch.int64)
-    length = seq_count[seq].clamp_min(1.0)
-    quarter = (pos.to(f64) * POSITION_BUCKETS / length).floor().clamp(0, POSITION_BUCKETS - 1).to(torch.int64)
+    edges = torch.tensor(PROB_EDGES, dtype=f64, device=t.device)
+    prob_code = torch.bucketize(torch.exp(r), edges, right=True)
+    width = t.shape[1]
+    quarter = torch.arange(width, device=t.device) * POSITION_BUCKETS // max(width, 1)
     cells = len(PROB_BUCKETS) * POSITION_BUCKETS
-    code = torch.where(valid, prob_code * POSITION_BUCKETS + quarter, cells)
-    abs_sum = torch.bincount(code, weights=abs_d, minlength=cells + 1)[:cells].view(len(PROB_BUCKETS), -1)
-    count = torch.bincount(code, minlength=cells + 1)[:cells].to(f64).view(len(PROB_BUCKETS), -1)
+    code = torch.where(valid, prob_code * POSITION_BUCKETS + quarter, cells).reshape(-1)
+    abs_sum = torch.bincount(code, weights=abs_d.reshape(-1), minlength=cells + 1)[:cells]
+    count = torch.bincount(code, minlength=cells + 1)[:cells].to(f64)
+    abs_sum, count = abs_sum.view(len(PROB_BUCKETS), -1), count.view(len(PROB_BUCKETS), -1)
     by_prob = abs_sum.sum(1) / count.sum(1)
     by_pos = abs_sum.sum(0) / count.sum(0)
 
     # Per-sequence mean |d|: its spread, and Sarle's bimodality coefficient (> 5/9 suggests two modes).
+    flat_seq = seq.reshape(-1)
+    seq_count = torch.zeros(n_seq, dtype=f64, device=t.device).index_add_(0, flat_seq, v.reshape(-1))
+    seq_abs = torch.zeros(n_seq, dtype=f64, device=t.device).index_add_(0, flat_seq, abs_d.reshape(-1))
     has = seq_count > 0
     seq_mean = torch.where(has, seq_abs / seq_count.clamp_min(1.0), zero)
     w = has.to(f64)
@@ -114,12 +148,13 @@ def signature_terms(
     bimodality = (m3 * m3 / (m2**3) + 1.0) / (m4 / (m2 * m2))
 
     # Alignment over adjacent valid pairs of one sequence: offset 0 against +-1 on the same pairs.
-    pair = valid[:-1] & valid[1:] & (seq[:-1] == seq[1:])
-    pair_n = pair.to(f64).sum()
-    shift0 = torch.where(pair, abs_d[:-1], zero).sum() / pair_n
-    shift_next = torch.where(pair, (t[:-1] - r[1:]).abs(), zero).sum() / pair_n
-    shift_prev = torch.where(pair, (t[1:] - r[:-1]).abs(), zero).sum() / pair_n
-    return torch.stack(
+    pair = valid[:, :-1] & valid[:, 1:] & joined[:, 1:]
+    pair_f = pair.to(f64)
+    pair_n = pair_f.sum()
+    shift0 = (abs_d[:, :-1] * pair_f).sum() / pair_n
+    shift_next = ((t[:, :-1] - r[:, 1:]).abs() * pair_f).sum() / pair_n
+    shift_prev = ((t[:, 1:] - r[:, :-1]).abs() * pair_f).sum() / pair_n
+    terms = torch.stack(
         [
             slope,
             intercept,
@@ -136,6 +171,7 @@ def signature_terms(
             shift_prev,
         ]
     )
+    return terms, seq_count, seq_abs
 
 
 def token_id_term(

@@ -16,6 +16,7 @@ from monitor._causes import CAUSES, RULES, CauseRule, Diagnosis, Evidence, diagn
 from monitor._detectors import DEFAULT_ARL0, Baseline, Jump, Level, NonFinite, Shift, cusum_limit, jump_limit
 from monitor._diagnosis import diagnose, load_evidence, reference_level, top_causes
 from monitor._diagnosis import markdown as diagnosis_markdown
+from monitor._explain import EvidenceWindow
 from monitor._findings import DETECTORS, SEVERITIES, Finding
 from monitor._flags import (
     ConfigChange,
@@ -64,6 +65,7 @@ __all__ = [
     "ConfigChange",
     "Diagnosis",
     "Evidence",
+    "EvidenceWindow",
     "Finding",
     "FlagEffect",
     "Jump",

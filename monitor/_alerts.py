@@ -36,7 +36,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class Alert:
     state: str  # "firing" | "resolved"
     message: str
     ts: float = field(default_factory=time.time)
+    cause: str | None = None  # the likely cause named when it fired (monitor's cause library)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -96,6 +97,7 @@ class Alert:
             "threshold": self.threshold,
             "state": self.state,
             "message": self.message,
+            "cause": self.cause,
         }
 
 
@@ -377,6 +379,9 @@ class AlertEngine:
         self._firing: dict[tuple[str, str], bool] = {}
         self._quiet_until: dict[tuple[str, str], float] = {}
         self._clock = clock
+        # run_id -> its most likely cause (a monitor.Diagnosis) or None; asked when an alert fires, so
+        # the message and the webhooks name the cause. Set by the inline collector and the watcher.
+        self.explain: Any = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> AlertEngine:
@@ -439,7 +444,8 @@ class AlertEngine:
                 and self._clock() >= self._quiet_until.get(key, 0.0)
             ):
                 self._firing[key] = True
-                return alert("firing", f"{side} for {self._streak[key]} steps")
+                fired = alert("firing", f"{side} for {self._streak[key]} steps")
+                return self._with_cause(fired)
             return None
         self._streak[key] = 0
         if self._firing.get(key):
@@ -448,6 +454,19 @@ class AlertEngine:
             back = f"at or below {rule.above:g}" if rule.above is not None else f"at or above {rule.below:g}"
             return alert("resolved", f"back {back}")
         return None
+
+    def _with_cause(self, alert: Alert) -> Alert:
+        if self.explain is None:
+            return alert
+        try:
+            cause = self.explain(alert.run_id)
+        except Exception as exc:  # naming a cause must never cost the alert
+            log.warning("logprobe: diagnosis for an alert failed: %s", exc)
+            return alert
+        if cause is None:
+            return alert
+        said = f"{alert.message}; likely cause: {cause.cause} ({cause.confidence:.2f}): {cause.evidence}"
+        return replace(alert, message=said, cause=cause.cause)
 
     def _notify(self, rule: Rule, alert: Alert) -> None:
         for name in rule.notify:

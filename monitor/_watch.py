@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from monitor._alerts import Alert, AlertEngine
+from monitor._causes import Diagnosis
+from monitor._diagnosis import diagnose
 from monitor._online import RunMonitor
 from monitor._scan import feed, monitor_for
 from storage import Store, Writer
@@ -32,6 +34,12 @@ class AlertWatcher:
         self._cursor: dict[str, int] = {}
         self._seen: set[str] = set()  # files already read
         self.monitors: dict[str, RunMonitor] = {}  # the detectors of each run seen
+        if engine.explain is None:  # an alert that fires names its run's likely cause
+            engine.explain = self._explain
+
+    def _explain(self, run_id: str) -> Diagnosis | None:
+        ranked = diagnose(self.store, run_id)
+        return ranked[0] if ranked else None
 
     def tick(self) -> list[Alert]:
         """Process every step written since the last tick; returns the alerts that changed state."""

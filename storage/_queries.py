@@ -235,7 +235,7 @@ def alerts(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
     """Alert transitions (firing and resolved) recorded in the store, newest first."""
     where, params = _run_filter(run_ids)
     return store.sql(
-        "SELECT ts, run_id, step, rule, metric, severity, state, value, threshold, message "
+        "SELECT ts, run_id, step, rule, metric, severity, state, value, threshold, message, cause "
         f"FROM alerts {where} ORDER BY ts DESC, run_id",
         params,
     )

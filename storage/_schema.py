@@ -134,6 +134,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("threshold", pa.float64()),
             pa.field("state", pa.string()),  # "firing" | "resolved"
             pa.field("message", pa.string()),
+            # added with the cause library: the likely cause named when the alert fired
+            pa.field("cause", pa.string()),
         ]
     ),
     # One row each time a detector's finding opens, worsens or closes; readers keep the newest row

@@ -234,3 +234,54 @@ def test_alerts_watch_fires_within_two_seconds_of_the_flush(tmp_path: Path) -> N
     assert fired_at[0] - flushed_at < 2.0
     stored = Store(tmp_path).sql("SELECT step, state FROM alerts WHERE rule = 'mismatch/k3-bad-above'")
     assert stored.to_pylist()[0] == {"step": 32, "state": "firing"}
+
+
+def _raw_logprob_steps(run: collectors.Run, steps: int, raw: bool, seed: int = 0) -> None:
+    """Log steps of a batch whose rollout logprobs are raw (T = 1) against a trainer at T = 0.7."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    run.event("sampling_params", step=0, temperature=0.7, top_p=1.0)
+    for step in range(steps):
+        logits = torch.randn(16, 12, 30, generator=gen, dtype=torch.float64) * 2.5
+        tokens = torch.multinomial(torch.softmax(logits / 0.7, -1).view(-1, 30), 1, generator=gen).view(
+            16, 12
+        )
+        trainer = torch.log_softmax(logits / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1)
+        rollout = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1) if raw else trainer
+        run.log_mismatch(step, trainer, rollout, token_ids=tokens)
+
+
+def test_an_inline_alert_names_its_likely_cause_in_the_message_and_the_webhook(
+    tmp_path: Path, hook: tuple[str, list[dict]]
+) -> None:
+    url, received = hook
+    with collectors.init(run_id="healthy", root=tmp_path, flush_interval=0.05) as ref:
+        _raw_logprob_steps(ref, 6, raw=False)
+    rule = Rule(name="k3", metric="mismatch/k3", above=0.01, for_steps=2, severity="bad", notify=("hook",))
+    notifier = WebhookNotifier(url)
+    engine = AlertEngine([rule], {"hook": notifier})
+    with collectors.init(run_id="raw", root=tmp_path, alerts=engine, reference="healthy") as run:
+        run.log_engine({"engine": "vllm", "logprobs_mode": "raw_logprobs"}, step=0)
+        _raw_logprob_steps(run, 6, raw=True)
+    assert _wait(lambda: len(received) >= 1)
+    notifier.close()
+    firing = received[0]
+    assert firing["state"] == "firing" and firing["cause"] == "logprobs_semantics"
+    assert "likely cause: logprobs_semantics" in firing["text"] and "slope" in firing["message"]
+    with Store(tmp_path) as store:
+        (row,) = [a for a in store.sql("SELECT * FROM alerts WHERE run_id = 'raw'").to_pylist()]
+        assert row["cause"] == "logprobs_semantics"
+
+
+def test_the_watcher_names_the_cause_from_the_store(tmp_path: Path) -> None:
+    with collectors.init(run_id="healthy", root=tmp_path) as ref:
+        _raw_logprob_steps(ref, 6, raw=False)
+    with collectors.init(run_id="raw", root=tmp_path, reference="healthy") as run:
+        run.log_engine({"engine": "vllm", "logprobs_mode": "raw_logprobs"}, step=0)
+        _raw_logprob_steps(run, 6, raw=True)
+    rule = Rule(name="k3", metric="mismatch/k3", above=0.01, for_steps=2, severity="bad")
+    with Store(tmp_path) as store:
+        fired = [a for a in monitor.AlertWatcher(store, AlertEngine([rule])).tick() if a.state == "firing"]
+    assert [(a.run_id, a.cause) for a in fired] == [("raw", "logprobs_semantics")]
+    assert "likely cause: logprobs_semantics" in fired[0].message
