@@ -539,13 +539,17 @@ def _evidence_window(writer: Writer, run_id: str, reference: str | None) -> Any:
     import monitor
     import storage
 
-    level = None
+    level = median = None
     if reference is not None:
         try:
-            level = monitor.reference_level(storage.Store(writer.root), reference)
+            store = storage.Store(writer.root)
+            level, median = (
+                monitor.reference_level(store, reference),
+                monitor.reference_level(store, reference, 0.5),
+            )
         except Exception as exc:
             log.warning("logprobe: reference run %s unreadable for diagnosis: %s", reference, exc)
-    return monitor.EvidenceWindow(run_id, reference_level=level)
+    return monitor.EvidenceWindow(run_id, reference_level=level, reference_median=median)
 
 
 _ENGINE_TYPES = {f.name: f.type for f in SCHEMAS["engines"]}

@@ -38,7 +38,9 @@ def load_evidence(store: Store, run_id: str, reference: str | None = None) -> Ev
         series[name] = column
 
     ref_id = reference if reference is not None else reference_of(store, run_id)
-    level = reference_level(store, ref_id) if ref_id and ref_id != run_id else None
+    level = median = None
+    if ref_id and ref_id != run_id:
+        level, median = reference_level(store, ref_id), reference_level(store, ref_id, 0.5)
 
     engines = storage.engines(store, [run_id]).to_pylist()
     engines.sort(key=lambda r: (r.get("step_first") is not None, r.get("step_first") or 0))
@@ -56,14 +58,15 @@ def load_evidence(store: Store, run_id: str, reference: str | None = None) -> Ev
         gap[np.searchsorted(steps, gap_steps[known])] = np.asarray(gaps.column("gap").to_pylist(), float)[
             known
         ]
-    return Evidence(run_id, steps, series, ref_id, level, engines, events, gap)
+    return Evidence(run_id, steps, series, ref_id, level, median, engines, events, gap)
 
 
-def reference_level(store: Store, run_id: str) -> float | None:
-    """The reference run's 90th percentile of mean |d|: the level a healthy twin reaches."""
+def reference_level(store: Store, run_id: str, quantile: float = 0.9) -> float | None:
+    """A quantile of the reference run's mean |d| (default the 90th percentile: the level a healthy
+    twin reaches)."""
     row = store.sql(
-        "SELECT quantile_cont(value, 0.9) AS level FROM metrics WHERE run_id = ? AND name = ?",
-        [run_id, LEVEL],
+        "SELECT quantile_cont(value, ?) AS level FROM metrics WHERE run_id = ? AND name = ?",
+        [quantile, run_id, LEVEL],
     ).to_pylist()
     return row[0]["level"] if row and row[0]["level"] is not None else None
 

@@ -25,9 +25,16 @@ KEPT = ("mismatch/abs_logp_diff_mean", "rollout/prefix_cache_hit_tokens", "engin
 class EvidenceWindow:
     """The last ``max_steps`` steps of the metrics the cause rules read, with events and engines."""
 
-    def __init__(self, run_id: str, reference_level: float | None = None, max_steps: int = 512) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        reference_level: float | None = None,
+        reference_median: float | None = None,
+        max_steps: int = 512,
+    ) -> None:
         self.run_id = run_id
         self.reference_level = reference_level
+        self.reference_median = reference_median
         self.max_steps = max_steps
         self._steps: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._events: deque[tuple[int | None, str, dict[str, Any]]] = deque(maxlen=4 * max_steps)
@@ -66,7 +73,15 @@ class EvidenceWindow:
         gaps = np.array([self._gaps.get(int(s), np.nan) for s in steps]) if self._gaps else None
         engines = sorted(self._engines, key=lambda r: r.get("step_first") or 0)
         return Evidence(
-            self.run_id, steps, series, None, self.reference_level, engines, list(self._events), gaps
+            self.run_id,
+            steps,
+            series,
+            None,
+            self.reference_level,
+            self.reference_median,
+            engines,
+            list(self._events),
+            gaps,
         )
 
     def explain(self) -> Diagnosis | None:

@@ -133,6 +133,7 @@ def evidence(fault: Fault, seed: int, *, engines=(), events=(), onset: int = 0) 
         series,
         "reference",
         REFERENCE_LEVEL,
+        REFERENCE_LEVEL / 2,
         list(engines),
         list(events),
         np.asarray(gaps),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import monitor
-from collectors.demo import DEFAULT_STEPS
+from collectors.demo import DEFAULT_STEPS, SCENARIOS
 from storage import Store
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,7 @@ def test_flag_change_is_found_and_attributed_to_logprobs_mode(root: Path) -> Non
 
 def test_correlate_ranks_the_defining_flags(root: Path) -> None:
     segs = monitor.segments(Store(root), "mismatch/k3")
-    assert len(segs) == 8  # seven runs, one of them restarted with other flags
+    assert len(segs) == len(SCENARIOS) + 1  # one of them restarted with other flags
     effects = monitor.flag_effects(segs)
     assert [e.p_value for e in effects] == sorted(e.p_value for e in effects)
     by_flag = {e.flag: e for e in effects}
@@ -125,3 +126,53 @@ def test_parity_cli_exit_code_and_html(root: Path, tmp_path: Path) -> None:
         text=True,
     )
     assert unknown.returncode == 2 and "no metrics for run 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_diagnosis_names_each_scenarios_cause_first(root: Path, scenario: str) -> None:
+    """The cause each scenario demonstrates is ranked first, above every other, within 3 steps of
+    its onset; the healthy runs get none (``bench/diagnosis.py`` checks more seeds and vLLM)."""
+    spec = SCENARIOS[scenario]
+    ranked = monitor.diagnose(Store(root), f"demo-torch-{scenario}")
+    if spec.cause is None:
+        assert ranked == [], [(d.cause, d.confidence, d.evidence) for d in ranked]
+        return
+    top = ranked[0]
+    assert top.cause == spec.cause, [(d.cause, d.confidence) for d in ranked]
+    assert all(d.confidence < top.confidence for d in ranked[1:])
+    onset = HALF if spec.onset < 0 else spec.onset
+    assert top.step_first is not None and top.step_first - onset <= 3
+
+
+def test_diagnose_cli_json_shape_and_markdown(root: Path) -> None:
+    out = subprocess.run(
+        [LOGPROBE, "diagnose", "--root", str(root), "--run", "demo-torch-raw-logprobs", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    ranked = json.loads(out.stdout)
+    assert isinstance(ranked, list) and ranked
+    for item in ranked:
+        assert {"cause", "confidence", "step_first", "evidence", "fix"} <= set(item)
+        assert item["cause"] in monitor.CAUSES and 0 < item["confidence"] <= 1
+    assert ranked[0]["cause"] == "logprobs_semantics"
+    assert [d["confidence"] for d in ranked] == sorted((d["confidence"] for d in ranked), reverse=True)
+    healthy = subprocess.run(
+        [LOGPROBE, "diagnose", "--root", str(root), "--run", "demo-torch-reference", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(healthy.stdout) == []
+    md = subprocess.run(
+        [LOGPROBE, "diagnose", "--root", str(root), "--run", "demo-torch-stale-weights"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert md.startswith("# demo-torch-stale-weights") and "## stale_weights" in md and "**Fix:**" in md
+    missing = subprocess.run(
+        [LOGPROBE, "diagnose", "--root", str(root), "--run", "nope"], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "no run 'nope'" in missing.stderr
