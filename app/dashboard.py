@@ -15,12 +15,13 @@ import streamlit as st
 import monitor
 import storage
 from app.session import STATUSES, Context, literal, store
-from app.views import drift, flags, metrics, parity, runs, sql, tokens
+from app.views import diagnosis, drift, flags, metrics, parity, runs, sql, tokens
 
 PAGES = {  # url path -> (title, module)
     "runs": ("Runs", runs),
     "metrics": ("Metrics", metrics),
     "drift": ("Drift and alerts", drift),
+    "diagnosis": ("Diagnosis", diagnosis),
     "flags": ("Flags and versions", flags),
     "parity": ("Parity", parity),
     "tokens": ("Tokens", tokens),

@@ -6,7 +6,10 @@ modules only lay out what ``storage`` and ``monitor`` return.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,58 @@ def findings(db: storage.Store, run_id: str) -> list[monitor.Finding]:
     collector keeps them, else from the scan kept on disk, which reads only files it has not seen.
     Nothing is kept per browser session, so a new tab or a refresh never rescans a run."""
     return monitor.run_findings(db, run_id)
+
+
+# What a diagnosis reads of a run (and of its reference run): a new file in any of them can change it.
+DIAGNOSIS_TABLES = ("runs", "metrics", "engines", "events", "sequences")
+
+
+def diagnosis(db: storage.Store, run_id: str) -> tuple[list[monitor.Diagnosis], monitor.Evidence]:
+    """The run's ranked causes (empty: healthy) and the evidence they were read from.
+
+    Kept per process, not per browser session, under the names of the files the diagnosis reads
+    (the run's and its reference run's): a refresh, a new tab or the Runs page's next rerun reuses
+    it, and a run recomputes only once a file of its own (or of its reference) is written or merged.
+    """
+    return _diagnosed(str(db.location), run_id, _fingerprints(db, [run_id])[run_id], db)
+
+
+def top_causes(db: storage.Store, run_ids: Sequence[str]) -> dict[str, monitor.Diagnosis | None]:
+    """Each run's most likely cause (None when healthy): the Runs page's column, cached as
+    :func:`diagnosis` is, so listing a hundred runs diagnoses only those whose files changed."""
+    keys = _fingerprints(db, run_ids)
+    out: dict[str, monitor.Diagnosis | None] = {}
+    for run_id in run_ids:
+        ranked, _ = _diagnosed(str(db.location), run_id, keys[run_id], db)
+        out[run_id] = ranked[0] if ranked else None
+    return out
+
+
+def _fingerprints(db: storage.Store, run_ids: Sequence[str]) -> dict[str, str]:
+    """Per run, a digest of the files a diagnosis of it reads now: its own partitions and its
+    reference run's, in every table of :data:`DIAGNOSIS_TABLES` (one pass over the file lists)."""
+    by_partition: dict[str, list[str]] = {}
+    for table in DIAGNOSIS_TABLES:
+        for path in db.files(table):
+            by_partition.setdefault(os.path.basename(os.path.dirname(path)), []).append(f"{table}/{path}")
+    out = {}
+    for run_id in run_ids:
+        reference = monitor.reference_of(db, run_id)
+        digest = hashlib.sha256(f"reference={reference}\n".encode())
+        for partition in dict.fromkeys(f"run_id={r}" for r in (run_id, reference) if r):
+            for name in sorted(by_partition.get(partition, ())):
+                digest.update(f"{name}\n".encode())
+        out[run_id] = digest.hexdigest()
+    return out
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _diagnosed(
+    location: str, run_id: str, fingerprint: str, _db: storage.Store
+) -> tuple[list[monitor.Diagnosis], monitor.Evidence]:
+    """Keyed on (location, run_id, fingerprint); ``_db`` (unhashed) only reads when the key is new."""
+    evidence = monitor.load_evidence(_db, run_id)
+    return monitor.diagnose_evidence(evidence), evidence
 
 
 def live_series(run_ids: list[str], metric: str, x: str, max_points: int) -> storage.LiveSeries:

@@ -34,6 +34,7 @@ BENCHMARKS = (
     ("object_store", "the same run written to and read from a local S3 server (moto) and local disk"),
     ("monitor", "the monitor's full scan, incremental tick and the Runs page, against one DuckDB pass"),
     ("detection", "false alarms per 10,000 healthy steps, detection delays, and the demo faults caught"),
+    ("diagnosis", "the right cause named first for every demo scenario, both engines, three seeds"),
 )
 
 

@@ -234,8 +234,8 @@ def inflight_weight_update(ev: Evidence, hot: np.ndarray) -> Verdict | None:
     """An update that lands mid-generation: a response's early and late tokens come from two
     policies, so |d| changes along the response (AReaL / vLLM per-token versions)."""
     quarters = np.stack([ev.get(f"signature/abs_d_pos_q{i}") for i in range(1, 5)])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        split = np.nanmax(quarters, 0) / np.nanmin(quarters, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # fmax/fmin skip NaN without a warning
+        split = np.fmax.reduce(quarters, 0) / np.fmin.reduce(quarters, 0)
     present = hot & (split > 3.0)
     if not present.any():
         return None

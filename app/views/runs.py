@@ -1,4 +1,4 @@
-"""Runs overview: every run in view with status, health, engine and key flags."""
+"""Runs overview: every run in view with status, health, its most likely cause, engine and key flags."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import streamlit as st
 
 import monitor
 import storage
-from app.session import Context, findings, literal
+from app.session import Context, findings, literal, top_causes
 
 HEALTH = {None: "ok", "warn": "warn", "bad": "bad", "error": "bad"}
 KEY_FLAGS = ("logprobs_mode", "enable_prefix_caching", "async_scheduling", "lm_head_dtype")
@@ -21,6 +21,7 @@ def render(ctx: Context) -> None:
     latest_engine: dict[str, dict] = {}
     for engine in storage.engines(ctx.store, [r["run_id"] for r in ctx.runs]).to_pylist():
         latest_engine[engine["run_id"]] = engine  # oldest first, so the last one wins
+    causes = top_causes(ctx.store, [r["run_id"] for r in ctx.runs])
     rows = []
     for run in ctx.runs:
         found = findings(ctx.store, run["run_id"])
@@ -32,6 +33,7 @@ def render(ctx: Context) -> None:
                 "name": run["name"],
                 "status": run["status"],
                 "health": HEALTH[worst],
+                "cause": _cause(causes.get(run["run_id"])),
                 # the worst first: a "bad" finding's reason must not be cut off by warnings
                 "why": "; ".join(
                     dict.fromkeys(
@@ -54,6 +56,7 @@ def render(ctx: Context) -> None:
             "name",
             "status",
             "health",
+            "cause",
             "last_step",
             "age_s",
             "points",
@@ -68,6 +71,11 @@ def render(ctx: Context) -> None:
                 help="The worst of the monitor's findings (detectors and the field's levels); see 'why'",
             ),
             "why": st.column_config.TextColumn("why", help="The findings behind the badge"),
+            "cause": st.column_config.TextColumn(
+                "cause",
+                help="The diagnosis's most likely cause (confidence 0 to 1); empty when healthy. "
+                "The Diagnosis page shows its evidence and fix",
+            ),
             "age_s": st.column_config.NumberColumn("age (s)", help="Seconds since the last write"),
             "selected": st.column_config.CheckboxColumn("compared", help="Pick runs in the sidebar"),
         },
@@ -77,6 +85,10 @@ def render(ctx: Context) -> None:
     if bad := ctx.store.bad_files:
         skipped = "; ".join(f"{literal(p)} ({literal(why)})" for p, why in bad.items())
         st.warning(f"Skipped unreadable files: {skipped}")
+
+
+def _cause(top: monitor.Diagnosis | None) -> str:
+    return "" if top is None else f"{top.cause} ({top.confidence:.2f})"
 
 
 def _text(value: object) -> str:

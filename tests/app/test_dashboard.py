@@ -43,6 +43,7 @@ KEY_ELEMENTS = {
     "runs": ["[data-testid='stDataFrame']"],
     "metrics": [".js-plotly-plot"],
     "drift": ["[data-testid='stDataFrame']", "text=Active rules"],
+    "diagnosis": ["text=Evidence", ".js-plotly-plot"],
     "flags": ["[data-testid='stDataFrame']", ".js-plotly-plot"],
     "parity": ["text=Verdict:", "text=Download HTML"],
     "tokens": [".js-plotly-plot", "[data-testid='stDataFrame']"],
@@ -121,7 +122,7 @@ def test_every_page_on_the_demo_runs(demo_server: str, page: object, tmp_path: P
     page.get_by_role("heading", name=title).first.wait_for(timeout=60_000)
     for selector in KEY_ELEMENTS[name]:
         page.locator(selector).first.wait_for(timeout=60_000)
-    if name == "metrics":  # four default metrics, one chart each, drawn one after another
+    if name in ("metrics", "diagnosis"):  # four charts each, drawn one after another
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=60_000)
     page.wait_for_timeout(1500)  # let Plotly finish drawing before the screenshot
     assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
@@ -147,6 +148,7 @@ def test_runs_overview_shows_health_and_reason(demo_server: str, page: object) -
     # the reason: a field threshold ("above 0.01") or the reference comparison ("... x the
     # reference run demo-torch-reference's highest level so far")
     assert "bad" in text and "ok" in text and ("above" in text or "the reference run" in text)
+    assert "logprobs_semantics (1.00)" in text  # the diagnosis's top cause of raw-logprobs
 
 
 @pytest.mark.slow  # the demo runs (trained once per session, about 75 s)

@@ -1,4 +1,5 @@
-"""Every dashboard page through Streamlit's AppTest: empty store, the demo's runs, a corrupt file.
+"""Every dashboard page through Streamlit's AppTest: empty store, the demo's runs, a corrupt file,
+a store written before the diagnosis's signatures and sequences.
 
 AppTest runs the real script in-process (real widgets, real DuckDB over real Parquet) without a
 browser, so page logic is checked quickly on every store shape; the browser tests cover the rest.
@@ -6,14 +7,21 @@ browser, so page logic is checked quickly on every store shape; the browser test
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+import monitor
 from app.dashboard import PAGES
-from storage import Writer
+from collectors.demo import SCENARIOS
+from storage import Store, Writer
+
+DIAGNOSED = ("reference", "raw-logprobs", "stale-weights")  # a healthy run and two causes
 
 
 def _script(root: str, page: str, rules: str | None = None) -> None:
@@ -45,8 +53,29 @@ def corrupt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def diagnosed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three real demo scenarios, six steps each (about a minute): enough steps for a cause to show
+    and far fewer than the whole demo."""
+    from collectors.demo import run_demo
+
+    root = tmp_path_factory.mktemp("diagnosed")
+    with pytest.MonkeyPatch.context() as patch:  # module scope: before the per-test isolation applies
+        patch.setenv("LOGPROBE_DIR", str(root / "default-root"))
+        patch.setenv("LOGPROBE_CACHE_DIR", str(root / "cache"))
+        run_demo(root, engine="torch", steps=6, scenarios=list(DIAGNOSED))
+    return root
+
+
 def _charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def _values(data: object) -> np.ndarray:
+    """A trace's x or y from a figure's JSON: Plotly sends numpy arrays as typed arrays (base64)."""
+    if isinstance(data, dict) and "bdata" in data:
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"])
+    return np.asarray(data, dtype=float)
 
 
 @pytest.mark.parametrize("page", list(PAGES))
@@ -76,7 +105,7 @@ def test_every_page_on_the_demo_runs(demo_root: Path, page: str) -> None:
 def test_runs_page_filters_and_searches(demo_root: Path) -> None:
     at = _open(demo_root, "runs")
     table = at.dataframe[0].value
-    assert len(table) == 7 and set(table["status"]) == {"finished"}
+    assert len(table) == len(SCENARIOS) and set(table["status"]) == {"finished"}
     assert set(table.loc[table["run_id"].str.contains("raw-logprobs"), "health"]) == {"bad"}
     assert set(table.loc[table["run_id"].str.endswith("reference"), "health"]) == {"ok"}
     at.sidebar.text_input[0].input("bf16").run()
@@ -105,7 +134,8 @@ def test_metrics_page_draws_findings_markers_thresholds_and_zooms_from_a_link(de
 
 @pytest.mark.slow  # the demo runs (trained once per session, about 75 s)
 def test_drift_page_lists_findings_newest_first_with_chart_links(demo_root: Path) -> None:
-    at = _open(demo_root, "drift")
+    # Every demo run: the sidebar compares only the first eight by default.
+    at = _open(demo_root, "drift", {"runs": ",".join(f"demo-torch-{name}" for name in SCENARIOS)})
     findings = at.dataframe[0].value
     assert {"demo-torch-raw-logprobs", "demo-torch-prefix-cache-no-reset"} <= set(findings["run_id"])
     detected = list(findings["detected at"])
@@ -145,7 +175,7 @@ def test_tokens_page_heatmap_and_worst_tokens(demo_root: Path) -> None:
 def test_sql_console_runs_examples_and_refuses_escapes(demo_root: Path) -> None:
     at = _open(demo_root, "sql")
     at.button[0].click().run()
-    assert len(at.dataframe[0].value) == 7  # "Mean k3 per run": one row per demo run
+    assert len(at.dataframe[0].value) == len(SCENARIOS)  # "Mean k3 per run": one row per demo run
     assert at.get("download_button")
     escapes = {
         "SELECT * FROM read_csv('/etc/passwd')": "disabled by configuration",
@@ -189,3 +219,105 @@ def test_a_refresh_of_a_live_run_reads_only_its_new_files(tmp_path: Path) -> Non
     assert list(at.dataframe[0].value["health"]) == ["bad"]  # the new steps were judged
     _open(tmp_path, "drift")  # a new browser session: reads the kept scan, scans nothing
     assert (kept()["scans"], kept()["updates"]) == (1, 2)
+
+
+@pytest.mark.slow  # three demo runs (trained once for this module, about a minute)
+def test_runs_page_names_each_runs_top_cause(diagnosed_root: Path) -> None:
+    table = _open(diagnosed_root, "runs").dataframe[0].value.set_index("run_id")
+    assert table.loc["demo-torch-raw-logprobs", "cause"].startswith("logprobs_semantics (")
+    assert table.loc["demo-torch-stale-weights", "cause"].startswith("stale_weights (")
+    assert table.loc["demo-torch-reference", "cause"] == ""  # healthy: no cause
+    assert all(re.fullmatch(r"[a-z_]+ \([01]\.\d\d\)", c) for c in table["cause"] if c)
+
+
+@pytest.mark.slow  # three demo runs (trained once for this module, about a minute)
+def test_diagnosis_page_ranks_causes_and_draws_their_evidence(diagnosed_root: Path) -> None:
+    run = "demo-torch-raw-logprobs"
+    at = _open(diagnosed_root, "diagnosis", {"runs": run})
+    assert at.header[0].value == "Diagnosis" and at.selectbox[0].value == run
+    assert not at.error, [e.value for e in at.error]
+    causes = at.dataframe[0].value
+    assert causes["cause"].iloc[0] == "logprobs_semantics"
+    assert {"title", "confidence", "from step", "evidence", "fix"} <= set(causes.columns)
+    assert "slope" in causes["evidence"].iloc[0] and causes["from step"].iloc[0] == 0
+    assert any("logprobs\\_semantics" in w.value and "slope" in w.value for w in at.warning)
+
+    level, scatter, position, probability = _charts(at)
+    evidence = monitor.load_evidence(Store(diagnosed_root), run)
+    shapes = level["layout"]["shapes"]
+    assert any(s["y0"] == s["y1"] == pytest.approx(evidence.limit) for s in shapes)  # the threshold
+    assert any(s["x0"] == s["x1"] == 0 for s in shapes)  # the top cause's first step
+    tokens, identity = scatter["data"]
+    x, y = _values(tokens["x"]), _values(tokens["y"])
+    assert x.size > 0 and x.size == y.size and np.isfinite(x).all() and (x <= 0).all()
+    assert x.size == _values(tokens["marker"]["color"]).size  # coloured by step
+    assert list(_values(identity["x"])) == list(_values(identity["y"]))  # the y = x line
+    assert np.polyfit(x, y, 1)[0] > 1.2  # raw logprobs at T = 0.7: the cloud's slope is about 1/T
+    assert [t["name"] for t in position["data"]] == [
+        "1st quarter",
+        "2nd quarter",
+        "3rd quarter",
+        "4th quarter",
+    ]
+    assert len(probability["data"]) >= 2  # a 6-step run need not sample a token with p >= 0.9
+
+    at.selectbox[0].set_value("demo-torch-stale-weights").run()
+    assert not at.exception and at.dataframe[0].value["cause"].iloc[0] == "stale_weights"
+    at.selectbox[0].set_value("demo-torch-reference").run()
+    assert not at.exception and not at.dataframe
+    (healthy,) = at.success
+    assert healthy.value.startswith("Healthy") and "above" not in healthy.value
+    assert len(_charts(at)) == 4  # the evidence is drawn for a healthy run too
+
+
+def test_diagnosis_page_on_a_store_without_sequences_or_signatures(tmp_path: Path) -> None:
+    """Stores written before signatures and sampled sequences: the page says what is missing and
+    draws what there is; a run without the level says there is nothing to diagnose."""
+    with Writer(tmp_path) as writer:
+        writer.append("runs", "old", {"name": "old"})
+        writer.append("runs", "older", {"name": "older"})
+        for step in range(12):
+            writer.log_metrics("old", step, {"mismatch/abs_logp_diff_mean": 0.05, "mismatch/k3": 1e-3})
+            writer.log_metrics("older", step, {"mismatch/k3": 1e-6})
+    at = _open(tmp_path, "diagnosis", {"runs": "old"})
+    infos = " ".join(i.value for i in at.info)
+    assert "no sampled sequences" in infos and "no `signature/*` metrics" in infos
+    assert any("No known cause" in w.value for w in at.warning)  # elevated, but no signature to read
+    (level,) = _charts(at)
+    assert list(_values(level["data"][0]["y"])) == [0.05] * 12
+    at.selectbox[0].set_value("older").run()
+    assert not at.exception
+    assert any("nothing to diagnose" in i.value for i in at.info) and not _charts(at)
+    runs = _open(tmp_path, "runs").dataframe[0].value
+    assert list(runs["cause"]) == ["", ""]
+
+
+def test_a_diagnosis_is_recomputed_only_when_its_runs_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reruns, new browser sessions and other runs' writes reuse a run's diagnosis; a new file of
+    its own diagnoses it again."""
+    loads: list[str] = []
+    load_evidence = monitor.load_evidence
+
+    def counted(store: object, run_id: str, reference: str | None = None) -> monitor.Evidence:
+        loads.append(run_id)
+        return load_evidence(store, run_id, reference)
+
+    monkeypatch.setattr(monitor, "load_evidence", counted)
+    with Writer(tmp_path) as writer:
+        for run in ("a", "b"):
+            writer.append("runs", run, {"name": run})
+            for step in range(5):
+                writer.log_metrics(run, step, {"mismatch/abs_logp_diff_mean": 1e-4})
+    at = _open(tmp_path, "runs")
+    assert sorted(loads) == ["a", "b"]
+    at.run()
+    _open(tmp_path, "runs")  # a new browser session
+    _open(tmp_path, "diagnosis", {"runs": "a"})
+    assert sorted(loads) == ["a", "b"]
+    with Writer(tmp_path) as writer:
+        writer.log_metrics("b", 5, {"mismatch/abs_logp_diff_mean": 0.2})
+    at.run()
+    assert not at.exception
+    assert sorted(loads) == ["a", "b", "b"]

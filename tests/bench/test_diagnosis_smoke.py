@@ -1,0 +1,38 @@
+"""Smoke run of ``python -m bench.diagnosis`` over the session's torch demo store (seed 0).
+
+The store is the one every demo test reads, linked in as ``torch-s0``; the script must diagnose
+every scenario as it says (exit 0), write its table and JSON, and say which store it did not find.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectors.demo import SCENARIOS
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_diagnosis_benchmark_smoke(demo_root: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "torch-s0").symlink_to(demo_root, target_is_directory=True)
+    out, numbers = tmp_path / "diagnosis.md", tmp_path / "diagnosis.json"
+    cmd = [sys.executable, "-m", "bench.diagnosis", "--data", str(data), "--engines", "torch"]
+    cmd += ["--seeds", "0", "1", "--out", str(out), "--json", str(numbers)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out.read_text(encoding="utf-8")
+    assert f"**{len(SCENARIOS)} of {len(SCENARIOS)} runs diagnosed as their scenario says.**" in report
+    assert "no demo store" in report and "torch-s1" in report  # the missing seed is said, not hidden
+    verdicts = json.loads(numbers.read_text(encoding="utf-8"))["torch"]["0"]
+    assert set(verdicts) == set(SCENARIOS)
+    for name, v in verdicts.items():
+        assert v["ok"] and v["expected"] == SCENARIOS[name].cause
+        assert v["top"] == SCENARIOS[name].cause
