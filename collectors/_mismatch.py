@@ -200,8 +200,8 @@ def compute_mismatch(
 
     names, stat_parts = list(_STATS), [stats]
     if signatures:
-        sample = token_sample(trainer.shape, t, r, valid, seq, segs.packed)
-        terms, sampled_count, sampled_abs = signature_terms(**sample, n_seq=n_seq)
+        sample = token_sample(trainer.shape, t, r, valid, seq, pos, segs.packed)
+        terms, sampled_count, sampled_abs = signature_terms(**sample, n_seq=n_seq, width=segs.width)
         stat_parts.append(terms)
         names += SIGNATURE_METRICS
         if ids is not None and rollout_ids is not None:

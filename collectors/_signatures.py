@@ -27,7 +27,7 @@ import torch
 # p_rollout bucket edges: the low-probability tail, the middle, the near-certain tokens.
 PROB_EDGES = (0.1, 0.9)
 PROB_BUCKETS = ("low", "mid", "high")
-POSITION_BUCKETS = 4  # quarters of the response width
+POSITION_BUCKETS = 4  # quarters of the longest response
 # The token-level signatures are shape statistics (a slope, a share, bucket means): 2^16 tokens pin
 # them to a few percent while bounding their cost: a 16M-token batch pays for 2^16, not 16M.
 SAMPLE_TOKENS = 2**16
@@ -51,11 +51,17 @@ LAG_METRICS = ("signature/lag_mean", "signature/lag_max", "signature/abs_d_lag0"
 
 
 def token_sample(
-    shape: torch.Size, t: torch.Tensor, r: torch.Tensor, valid: torch.Tensor, seq: torch.Tensor, packed: bool
+    shape: torch.Size,
+    t: torch.Tensor,
+    r: torch.Tensor,
+    valid: torch.Tensor,
+    seq: torch.Tensor,
+    pos: torch.Tensor,
+    packed: bool,
 ) -> dict[str, torch.Tensor]:
     """At most about :data:`SAMPLE_TOKENS` tokens in whole rows, as ``[R, W]`` views of trainer
-    (``t``), rollout (``r``), ``valid`` and ``seq`` (sequence index), plus ``joined``: a token
-    continues the sequence of the one before it.
+    (``t``), rollout (``r``), ``valid``, ``seq`` (sequence index) and ``pos`` (position in it), plus
+    ``joined``: a token continues the sequence of the one before it.
 
     Padded input keeps every k-th row (GRPO groups sit in adjacent rows, so striding spans groups);
     packed input keeps its first tokens as one row.
@@ -64,14 +70,14 @@ def token_sample(
         batch, width = shape
         stride = max(1, -(-batch * width // SAMPLE_TOKENS))
         rows = slice(None, None, stride)
-        t2, r2, v2, s2 = (x.view(batch, width)[rows] for x in (t, r, valid, seq))
+        t2, r2, v2, s2, p2 = (x.view(batch, width)[rows] for x in (t, r, valid, seq, pos))
         joined = torch.ones_like(v2)
         joined[:, 0] = False
-        return {"t": t2, "r": r2, "valid": v2, "seq": s2, "joined": joined}
+        return {"t": t2, "r": r2, "valid": v2, "seq": s2, "pos": p2, "joined": joined}
     keep = min(t.numel(), SAMPLE_TOKENS)
     joined = torch.zeros(keep, dtype=torch.bool, device=t.device)
     joined[1:] = seq[1:keep] == seq[: keep - 1]
-    head = {"t": t, "r": r, "valid": valid, "seq": seq}
+    head = {"t": t, "r": r, "valid": valid, "seq": seq, "pos": pos}
     return {**{k: v[:keep].view(1, -1) for k, v in head.items()}, "joined": joined.view(1, -1)}
 
 
@@ -81,14 +87,17 @@ def signature_terms(
     r: torch.Tensor,
     valid: torch.Tensor,
     seq: torch.Tensor,
+    pos: torch.Tensor,
     joined: torch.Tensor,
     n_seq: int,
+    width: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The :data:`SIGNATURE_METRICS`, in order, as one float64 vector on the tensors' device.
 
     ``t``, ``r``, ``valid`` are the ``[R, W]`` token sample of :func:`token_sample` (raw: invalid
-    tokens may hold NaN); ``seq`` their sequence index of ``n_seq``; ``joined`` flags a token that
-    follows another of its sequence. Also returns the sample's valid tokens and sum |d| per sequence
+    tokens may hold NaN); ``seq`` their sequence index of ``n_seq`` and ``pos`` their position in it,
+    quartered by ``width`` (the longest sequence); ``joined`` flags a token that follows another of
+    its sequence. Also returns the sample's valid tokens and sum |d| per sequence
     (zero for sequences outside it), which the lag terms read. An empty bucket comes out NaN (0/0),
     which :func:`compute_mismatch` drops from the stats.
     """
@@ -121,8 +130,7 @@ def signature_terms(
     # last bucket that is dropped. Two bincounts give both marginals.
     edges = torch.tensor(PROB_EDGES, dtype=f64, device=t.device)
     prob_code = torch.bucketize(torch.exp(r), edges, right=True)
-    width = t.shape[1]
-    quarter = torch.arange(width, device=t.device) * POSITION_BUCKETS // max(width, 1)
+    quarter = (pos * POSITION_BUCKETS // max(width, 1)).clamp_max(POSITION_BUCKETS - 1)
     cells = len(PROB_BUCKETS) * POSITION_BUCKETS
     code = torch.where(valid, prob_code * POSITION_BUCKETS + quarter, cells).reshape(-1)
     abs_sum = torch.bincount(code, weights=abs_d.reshape(-1), minlength=cells + 1)[:cells]

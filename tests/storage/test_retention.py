@@ -275,3 +275,26 @@ def test_cli_compact_with_keep_for_real(tmp_path: Path) -> None:
         steps = store.sql("SELECT DISTINCT step FROM tokens ORDER BY step").column("step").to_pylist()
     assert steps == [5, 6, 7]
     assert _count(tmp_path, "metrics") == 2  # metrics are kept, however old
+
+
+def test_sampled_sequences_age_out_like_tokens(tmp_path: Path) -> None:
+    """The ``sequences`` table (whole sampled sequences, lists per row) is bulky like ``tokens``."""
+    for name, ts in (("old", NOW - 10 * DAY), ("fresh", NOW - 3600)):
+        with Writer(tmp_path, writer_id=f"r-{name}") as writer:
+            writer.append(
+                "sequences",
+                "r",
+                {
+                    "step": 0,
+                    "ts": ts,
+                    "seq_index": 0,
+                    "token_ids": [1, 2, 3],
+                    "trainer_logprobs": [-0.1, -0.2, math.nan],
+                    "rollout_logprobs": [-0.1, -0.25, -0.3],
+                },
+            )
+    report = storage.apply_retention(tmp_path, {"sequences": 7}, now=NOW)
+    assert report.tables["sequences"].files_deleted == 1 and report.tables["sequences"].rows_deleted == 1
+    with Store(tmp_path) as store:
+        (row,) = store.sql("SELECT token_ids, rollout_logprobs FROM sequences").to_pylist()
+    assert row == {"token_ids": [1, 2, 3], "rollout_logprobs": [-0.1, -0.25, -0.3]}
