@@ -14,7 +14,7 @@
 from monitor._alerts import Alert, AlertEngine, Rule, RuleError, WebhookNotifier, default_rules, load_rules
 from monitor._causes import CAUSES, RULES, CauseRule, Diagnosis, Evidence, diagnose_evidence
 from monitor._detectors import DEFAULT_ARL0, Baseline, Jump, Level, NonFinite, Shift, cusum_limit, jump_limit
-from monitor._diagnosis import diagnose, load_evidence, reference_level, top_causes
+from monitor._diagnosis import diagnose, load_evidence, reference_level
 from monitor._diagnosis import markdown as diagnosis_markdown
 from monitor._explain import EvidenceWindow
 from monitor._findings import DETECTORS, SEVERITIES, Finding
@@ -109,5 +109,4 @@ __all__ = [
     "run_findings",
     "segments",
     "spec_for",
-    "top_causes",
 ]

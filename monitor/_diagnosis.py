@@ -76,15 +76,6 @@ def diagnose(store: Store, run_id: str, reference: str | None = None) -> list[Di
     return diagnose_evidence(load_evidence(store, run_id, reference))
 
 
-def top_causes(store: Store, run_ids: Sequence[str]) -> dict[str, Diagnosis | None]:
-    """Each run's most likely cause (None when healthy or unreadable): the Runs page's column."""
-    out: dict[str, Diagnosis | None] = {}
-    for run_id in run_ids:
-        ranked = diagnose(store, run_id)
-        out[run_id] = ranked[0] if ranked else None
-    return out
-
-
 def markdown(run_id: str, ranked: Sequence[Diagnosis]) -> str:
     """A diagnosis as Markdown: one section per cause, evidence then fix."""
     if not ranked:
