@@ -25,16 +25,18 @@ _NAMES = (LEVEL, "rollout/prefix_cache_hit_tokens", "engine/prefix_cache_hits")
 def load_evidence(store: Store, run_id: str, reference: str | None = None) -> Evidence:
     """The :class:`Evidence` for ``run_id``, judged against ``reference`` (default: the run's own)."""
     rows = storage.step_metrics(store, run_id, ["signature/"], _NAMES)
-    steps_col = np.asarray(rows.column("step").to_numpy(zero_copy_only=False), dtype=np.int64)
-    names = np.asarray(rows.column("name").to_pylist(), dtype=object)
-    values = np.asarray(rows.column("value").to_numpy(zero_copy_only=False), dtype=float)
-    steps = np.unique(steps_col)
-    index = np.searchsorted(steps, steps_col)
+    columns = {
+        name: (
+            np.asarray(rows.column("steps")[i].values.to_numpy(zero_copy_only=False), dtype=np.int64),
+            np.asarray(rows.column("values")[i].values.to_numpy(zero_copy_only=False), dtype=float),
+        )
+        for i, name in enumerate(rows.column("name").to_pylist())
+    }
+    steps = np.unique(np.concatenate([s for s, _ in columns.values()])) if columns else np.zeros(0, np.int64)
     series: dict[str, np.ndarray] = {}
-    for name in set(names.tolist()):
+    for name, (at, values) in columns.items():
         column = np.full(len(steps), np.nan)
-        hit = names == name
-        column[index[hit]] = values[hit]
+        column[np.searchsorted(steps, at)] = values
         series[name] = column
 
     ref_id = reference if reference is not None else reference_of(store, run_id)

@@ -283,12 +283,16 @@ def worst_tokens(store: Store, run_id: str, step: int | None = None, limit: int 
 
 
 def step_metrics(store: Store, run_id: str, prefixes: Sequence[str], names: Sequence[str] = ()) -> pa.Table:
-    """One run's metrics whose names start with one of ``prefixes`` (or are in ``names``), one value
-    per (step, name): the mean over ranks and sources. What the diagnosis reads."""
+    """One run's metrics whose names start with one of ``prefixes`` (or are in ``names``): one row
+    per metric with its ``steps`` and ``values`` as lists in step order, a step's value the mean over
+    ranks and sources. One row per metric keeps a million-step run's read to a few arrays (no
+    Python object per point). What the diagnosis reads."""
     starts = "".join(" OR starts_with(name, ?)" for _ in prefixes)
     return store.sql(
-        "SELECT step, name, avg(value) AS value FROM metrics WHERE run_id = ? AND step IS NOT NULL "
-        f"AND (name IN (SELECT unnest(?)){starts}) GROUP BY step, name ORDER BY step",
+        "WITH per_step AS (SELECT name, step, avg(value) AS value FROM metrics WHERE run_id = ? "
+        f"AND step IS NOT NULL AND (name IN (SELECT unnest(?)){starts}) GROUP BY name, step) "
+        "SELECT name, list(step ORDER BY step) AS steps, list(value ORDER BY step) AS values "
+        "FROM per_step GROUP BY name ORDER BY name",
         [run_id, list(names), *prefixes],
     )
 
