@@ -60,9 +60,14 @@ def test_flag_change_is_found_and_attributed_to_logprobs_mode(root: Path) -> Non
     assert "logprobs_mode: processed_logprobs -> raw_logprobs" in attributed[0].message
 
 
+# Faults in the trainer's plumbing leave the engine's flags as the reference's: no flag can explain them.
+PLUMBING = ("stale-weights", "policy-lag", "off-by-one")
+
+
 def test_correlate_ranks_the_defining_flags(root: Path) -> None:
-    segs = monitor.segments(Store(root), "mismatch/k3")
-    assert len(segs) == len(SCENARIOS) + 1  # one of them restarted with other flags
+    runs = [f"demo-torch-{name}" for name in SCENARIOS if name not in PLUMBING]
+    segs = monitor.segments(Store(root), "mismatch/k3", runs)
+    assert len(segs) == len(runs) + 1  # one of them restarted with other flags
     effects = monitor.flag_effects(segs)
     assert [e.p_value for e in effects] == sorted(e.p_value for e in effects)
     by_flag = {e.flag: e for e in effects}
@@ -75,7 +80,8 @@ def test_correlate_ranks_the_defining_flags(root: Path) -> None:
     # ... while with one run per failure mode no p-value can be small: the test says so honestly.
     assert min(e.p_value for e in effects) > 0.05
     proc = subprocess.run(
-        [LOGPROBE, "correlate", "--root", str(root), "--metric", "mismatch/k3", "--format", "csv"],
+        [LOGPROBE, "correlate", "--root", str(root), "--metric", "mismatch/k3", "--format", "csv"]
+        + [arg for run in runs for arg in ("--runs", run)],
         capture_output=True,
         text=True,
         check=True,

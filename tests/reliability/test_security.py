@@ -545,6 +545,7 @@ READY = {
     "runs": "[data-testid='stDataFrame']",
     "metrics": ".js-plotly-plot",
     "drift": "[data-testid='stPageLink']",
+    "diagnosis": "[data-testid='stSelectbox']",
     "flags": ".js-plotly-plot",
     "parity": "text=Verdict:",
     "tokens": "[data-testid='stDataFrame']",
