@@ -122,7 +122,10 @@ def signature_terms(
     cov_rt = var_r + cov_rd
     slope = 1.0 + cov_rd / var_r
     intercept = (mean_r + mean_d) - slope * mean_r
-    r2 = cov_rt * cov_rt / (var_r * var_t)
+    # A constant side (all trainer logprobs 0, say) has no fit: NaN, which is dropped, not a rounding
+    # residue blown up into a huge R².
+    fit = (var_r > 0) & (var_t > 1e-12 * var_r)
+    r2 = torch.where(fit, (cov_rt * cov_rt / (var_r * var_t)).clamp(0.0, 1.0), torch.nan)
     frac_neg = (d < 0).to(f64).sum() * inv_n
     frac_pos = (d > 0).to(f64).sum() * inv_n  # with frac_neg: the balance among tokens that differ
 
