@@ -676,7 +676,8 @@ def child(tool: str, steps: int, n_metrics: int, data: Path, result_path: Path) 
     """Measure one tool in this (fresh) process and write its ``ToolResult`` as JSON.
 
     A tool that cannot be imported or crashes is reported with the reason; lost data exits with
-    ``EXIT_LOST_DATA`` so that the parent fails the whole benchmark.
+    ``EXIT_LOST_DATA``, which fails the whole benchmark for logprobe and the floor and is reported
+    as the peer's result for a peer.
     """
     result = ToolResult(tool, steps, n_metrics, versions=versions(tool))
     workload = make_workload(steps, n_metrics)
@@ -698,6 +699,9 @@ def child(tool: str, steps: int, n_metrics: int, data: Path, result_path: Path) 
     return code
 
 
+OWN_TOOLS = ("logprobe", "floor")  # data lost by these fails the benchmark
+
+
 def run_child(tool: str, steps: int, n_metrics: int) -> ToolResult:
     """One tool at one size, in a subprocess with an empty temp directory of its own."""
     with tempfile.TemporaryDirectory(prefix=f"logprobe-bench-{tool}-") as tmp:
@@ -712,11 +716,14 @@ def run_child(tool: str, steps: int, n_metrics: int) -> ToolResult:
             )
         except subprocess.TimeoutExpired:
             return ToolResult(tool, steps, n_metrics, reason=f"timed out after {CHILD_TIMEOUT_S} s")
-        if proc.returncode == EXIT_LOST_DATA or not result_path.exists():
+        lost_own = proc.returncode == EXIT_LOST_DATA and tool in OWN_TOOLS
+        if lost_own or not result_path.exists():
             reason = result_path.read_text(encoding="utf-8") if result_path.exists() else ""
             raise BenchmarkError(
                 f"{tool} at {steps} steps: exit {proc.returncode}\n{reason}\n{proc.stderr[-3000:]}"
             )
+        # A peer that loses points (MLflow's async file store has dropped one of 4,000 here, once)
+        # is a finding about the peer: reported with its reason, not a failure of the benchmark.
         return ToolResult.from_json(json.loads(result_path.read_text(encoding="utf-8")))
 
 
