@@ -218,18 +218,20 @@ class Run:
         if not isinstance(kind, str) or not kind:
             raise TypeError(f"event kind must be a non-empty str, got {short_repr(kind)}")
         _text("event kind", kind)
+        step = None if step is None else _as_int("step", step)
+        payload_json = to_json(payload)
         if self.evidence is not None:
-            self.evidence.event(step, kind, json.loads(to_json(payload)))
+            self.evidence.event(step, kind, json.loads(payload_json))
         self.writer.append(
             "events",
             self.run_id,
             {
-                "step": None if step is None else _as_int("step", step),
+                "step": step,
                 "source": self.source,
                 "rank": self.rank,
                 "worker": self.worker,
                 "kind": kind,
-                "payload": to_json(payload),
+                "payload": payload_json,
             },
         )
 

@@ -9,7 +9,6 @@ rules.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
@@ -88,9 +87,3 @@ class EvidenceWindow:
         """The most likely cause over the window, or None."""
         ranked = diagnose_evidence(self.evidence())
         return ranked[0] if ranked else None
-
-
-def engine_row(config: Mapping[str, Any], step: int | None) -> dict[str, Any]:
-    """An engine config as the rules read it: its columns, the flags as JSON, and ``step_first``."""
-    flags = config.get("flags") or config
-    return {**config, "flags": json.dumps(flags, sort_keys=True, default=str), "step_first": step}
