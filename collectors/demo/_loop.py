@@ -24,6 +24,8 @@ GROUP_SIZE = 4
 LEARNING_RATE = 5e-3
 CLIP_EPS = 0.2
 DEFAULT_STEPS = 24
+CHECKPOINT_EVERY = 4  # policy versions saved for ``logprobe replay`` (a few MB per run on the tiny model)
+SAMPLED_SEQUENCES = 16  # whole sequences per step kept in the ``sequences`` table: what replay re-scores
 PROJECT = "logprobe-demo"
 
 _REFERENCE = EngineSettings()
@@ -230,6 +232,8 @@ def run_scenario(
                     after=asdict(scenario.switch_to),
                 )
             engine.set_step(step)
+            if step % CHECKPOINT_EVERY == 0:
+                _checkpoint(run, policy, task, step)
             reward = _train_step(
                 run, step, task, policy, reference, optimizer, engine, generator, scenario, believed
             )
@@ -313,6 +317,7 @@ def _train_step(
         rollout_versions=[believed] * len(group_prompts),
         weight_versions=[engine.version] * len(group_prompts),
         prompt_ids=group_prompts,
+        samples=SAMPLED_SEQUENCES,
     )
     stats = collectors.rl_stats(
         logprobs=trainer_lp.detach(),
@@ -334,6 +339,20 @@ def _train_step(
         policy_version=step,
     )
     return float(rewards.mean())
+
+
+def _checkpoint(run: collectors.Run, policy: Any, task: Task, version: int) -> None:
+    """Save policy ``version`` (weights, config, tokenizer: a folder vLLM and transformers both load)
+    under the store root and record it as a ``checkpoint`` event, so ``logprobe replay`` finds the
+    weights behind a logged rollout with no other argument. The path is relative to the root; an
+    object-store root gets none (checkpoints are folders on a filesystem)."""
+    root = run.writer.root
+    if not isinstance(root, Path):
+        return
+    relative = Path("checkpoints") / run.run_id / f"policy-v{version}"
+    policy.save_pretrained(root / relative)
+    task.tokenizer.save_pretrained(root / relative)
+    run.event("checkpoint", step=version, path=str(relative), policy_version=version)
 
 
 def _snapshot(policy: Any) -> dict[str, torch.Tensor]:

@@ -1,0 +1,84 @@
+"""The trainer's side of the replay protocol: one worker process per replay, any interpreter.
+
+The worker (``worker.py`` beside this file, protocol in its docstring) is started as a script, not
+as a module, so the interpreter that hosts it needs vLLM but not logprobe: ``--python`` can point
+at a virtualenv holding another vLLM release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+WORKER = Path(__file__).with_name("worker.py")
+
+
+class WorkerError(RuntimeError):
+    """The worker answered a request with an error, or died; the message says which and why."""
+
+
+class EngineWorker:
+    """A running worker; each method is one request and returns its reply."""
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.python = python or sys.executable
+        self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (vLLM's chatter, for error messages; closed in close())
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, str(WORKER)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                text=True,
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise WorkerError(f"cannot start the replay worker with {self.python}: {exc}") from exc
+        self.info = self.request("hello")
+
+    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            self._proc.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self._proc.wait(timeout=30)
+            raise WorkerError(
+                f"the replay worker ({self.python}) exited with code {self._proc.returncode} during "
+                f"{op!r}; its last output:\n{self.log_tail()}"
+            )
+        reply = json.loads(line)
+        if not reply.pop("ok", False):
+            raise WorkerError(f"{op}: {reply.get('error')}")
+        return reply
+
+    def log_tail(self, lines: int = 15) -> str:
+        self._log.seek(0)
+        text = self._log.read().decode(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(WorkerError):
+                self.request("exit")
+            try:
+                self._proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> EngineWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

