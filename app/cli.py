@@ -614,6 +614,75 @@ def diagnose(root: str, run_id: str, reference: str | None, fmt: str) -> None:
     click.echo(monitor.diagnosis_markdown(run_id, ranked))
 
 
+@main.command()
+@root_option
+@click.option("--run", "run_id", required=True, help="The run to replay.")
+@click.option(
+    "--model", default=None, help="One checkpoint folder for every step (default: checkpoint events)."
+)
+@click.option("--step", "steps", type=int, multiple=True, help="A logged step to replay (repeatable).")
+@click.option("--vary", multiple=True, help="A setting to change (repeatable; default: the applicable five).")
+@click.option("--reference", default=None, help="Reach this run's level (default: the recorded reference).")
+@click.option("--python", "python", default=None, help="Interpreter hosting the engine (another vLLM).")
+@click.option("--no-write", is_flag=True, help="Do not store the variants as runs.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("md", "json")),
+    default="md",
+    show_default=True,
+    help="Output format.",
+)
+def replay(
+    root: str,
+    run_id: str,
+    model: str | None,
+    steps: tuple[int, ...],
+    vary: tuple[str, ...],
+    reference: str | None,
+    python: str | None,
+    no_write: bool,
+    fmt: str,
+) -> None:
+    """Re-score a run's logged sequences on vLLM under its recorded settings and with one setting
+    changed at a time; name the smallest change that brings it to its reference's level.
+
+    JSON: {"run", "variants": [{"name", "changes", "metrics", "removed", "run_id", ...}], "levels",
+    "verdict": {"changes", "level", "reference_level", "reference", "message"}}. Each variant is
+    stored as a run of source ``replay``. Runs in a child process (torch, transformers, vLLM).
+    """
+    args = ["--root", root, "--run", run_id, "--format", fmt]
+    args += ["--model", model] if model else []
+    args += [a for s in steps for a in ("--step", str(s))]
+    args += [a for v in vary for a in ("--vary", v)]
+    args += ["--reference", reference] if reference else []
+    args += ["--python", python] if python else []
+    args += ["--no-write"] if no_write else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collectors.replay", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None and proc.stdout is not None
+    other: list[str] = []
+    for line in proc.stderr:  # progress as JSON lines; anything else is kept for an error message
+        try:
+            event = json.loads(line)
+        except ValueError:
+            other.append(line)
+            continue
+        if isinstance(event, dict) and event.get("phase") == "variant":
+            click.echo(f"replay {run_id}: {event['index'] + 1}/{event['total']} {event['name']}", err=True)
+        elif isinstance(event, dict) and event.get("phase") == "error":
+            other.append(str(event.get("error")))
+    out = proc.stdout.read()
+    if proc.wait() != 0:
+        why = other[-1].strip().removeprefix("logprobe replay: ") if other else f"exit {proc.returncode}"
+        raise click.ClickException(why)
+    click.echo(out.rstrip("\n"))
+
+
 FINDING_COLUMNS = (
     "run_id",
     "metric",

@@ -13,7 +13,7 @@ import streamlit as st
 
 import monitor
 import storage
-from app import charts
+from app import charts, replays
 from app.session import Context, diagnosis, literal
 
 POSITION = {  # legend label -> metric: mean |d| by quarter of the response
@@ -46,6 +46,7 @@ def render(ctx: Context) -> None:
         )
         return
     _verdict(run_id, ranked, evidence)
+    _replay(ctx, run_id)
     _evidence(ctx, run_id, ranked, evidence)
 
 
@@ -101,6 +102,98 @@ def _verdict(run_id: str, ranked: list[monitor.Diagnosis], evidence: monitor.Evi
         file_name=f"diagnosis-{run_id}.md",
         mime="text/markdown",
     )
+
+
+def _replay(ctx: Context, run_id: str) -> None:
+    """Start a replay of the run and follow it: the verdict names the setting whose change brings
+    the run to its reference's level, measured on the engine rather than read from signatures."""
+    st.subheader("Replay")
+    st.caption(
+        "Re-score this run's logged sequences on vLLM under its recorded settings, then with one "
+        "setting changed at a time (logprobs mode, prefix-cache reset, head dtype, sampling, batch), "
+        "and name the smallest change that brings it to its reference's level. Each variant is "
+        "stored as a run of source `replay`."
+    )
+    why = replays.available()
+    if st.button("Replay this run", key=f"replay-{run_id}", disabled=why is not None, help=why):
+        replays.start(ctx.root, run_id)
+    if why is not None:
+        st.caption(f"Replay is off here: {literal(why)}.")
+
+    @st.fragment(
+        run_every=1.0 if any(j.state() == "running" for j in replays.jobs(ctx.root, run_id)) else None
+    )
+    def follow() -> None:
+        for job in replays.jobs(ctx.root, run_id)[:3]:
+            _job(job)
+
+    follow()
+
+
+def _job(job: replays.Job) -> None:
+    started = job.folder.name.rsplit("@", 1)[-1]
+    state = job.state()
+    if state == "running":
+        done, what = job.progress()
+        st.progress(done, text=f"Replay started {started}: {literal(what)}")
+        return
+    if state == "failed":
+        st.error(f"Replay started {started} failed: {literal(job.error())}")
+        return
+    report = job.report() or {}
+    verdict = report.get("verdict") or {}
+    changes = verdict.get("changes")
+    message = literal(str(verdict.get("message", "")))
+    if changes:
+        st.success(f"Replay {started}: change **{literal(_changes(changes))}**. {message}.")
+    elif changes == {}:
+        st.success(f"Replay {started}: {message}.")
+    else:
+        st.warning(f"Replay {started}: {message}.")
+    rows = [
+        {
+            "variant": v["name"],
+            "changes": _changes(v["changes"]) or "as recorded",
+            "mean |d|": (v.get("metrics") or {}).get("mismatch/abs_logp_diff_mean"),
+            "k3": (v.get("metrics") or {}).get("mismatch/k3"),
+            "removed": v.get("removed"),
+            "run": v.get("run_id"),
+            "error": v.get("error"),
+        }
+        for v in report.get("variants", [])
+    ]
+    rows += [
+        {
+            "variant": f"({name})",
+            "changes": "level measured",
+            "mean |d|": (v.get("metrics") or {}).get("mismatch/abs_logp_diff_mean"),
+            "k3": (v.get("metrics") or {}).get("mismatch/k3"),
+            "removed": None,
+            "run": None,
+            "error": v.get("error"),
+        }
+        for name, v in (report.get("levels") or {}).items()
+    ]
+    st.dataframe(
+        pa.Table.from_pylist(rows),
+        hide_index=True,
+        column_config={
+            "removed": st.column_config.NumberColumn(
+                "removed",
+                help="Share of the mismatch above the level to reach that the change removes",
+                format="%.2f",
+            ),
+            "mean |d|": st.column_config.NumberColumn("mean |d|", format="%.3g"),
+            "k3": st.column_config.NumberColumn("k3", format="%.3g"),
+        },
+    )
+    st.caption(
+        f"{report.get('seconds', 0):.0f} s on vLLM {literal(str((report.get('worker') or {}).get('vllm')))}."
+    )
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"{k} = {v}" for k, v in changes.items())
 
 
 def _judged_against(evidence: monitor.Evidence) -> str:

@@ -360,7 +360,9 @@ def _verdict(base: Variant, variants: list[Variant], target: Variant) -> Verdict
         )
     reaching = [v for v in variants if not v.error and not v.refused and v.level <= bar]
     if reaching:
-        best = min(reaching, key=lambda v: (len(v.changes), v.level))
+        # The fewest changes; among equals the earliest candidate (the specific fix before the broad
+        # one: a cache reset before turning caching off). All of them are at the level already.
+        best = min(reaching, key=lambda v: (len(v.changes), _rank(v.name)))
         return Verdict(
             best.changes,
             best.level,
@@ -385,6 +387,11 @@ def _verdict(base: Variant, variants: list[Variant], target: Variant) -> Verdict
         f"{target.level:.3g}){hint}; the cause is outside the varied settings (the weights the "
         "engine served, or the trainer's side)",
     )
+
+
+def _rank(name: str) -> int:
+    first = name.split("+")[0]
+    return list(CANDIDATES).index(first) if first in CANDIDATES else len(CANDIDATES)
 
 
 def _describe(changes: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from app.dashboard import PAGES
-from storage import Writer
+from storage import Store, Writer
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.browser
@@ -205,3 +205,25 @@ def test_live_run_updates_without_a_reload(tmp_path: Path, page: object) -> None
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.slow  # the demo runs, then a replay on the real engine (about a minute)
+@pytest.mark.vllm
+def test_replay_starts_from_the_diagnosis_page_and_shows_its_verdict(
+    demo_root: Path, page: object, tmp_path: Path
+) -> None:
+    pytest.importorskip("vllm", reason="the vLLM extra is not installed (requirements-vllm.txt)")
+    root = tmp_path / "demo"  # a copy: the replay's runs must not join the session's demo store
+    shutil.copytree(demo_root, root)
+    proc, url = _serve(root)
+    try:
+        page.goto(f"{url}/diagnosis?runs=demo-torch-raw-logprobs")
+        page.get_by_role("button", name="Replay this run").click(timeout=60_000)
+        page.get_by_text("Replay started").first.wait_for(timeout=60_000)  # the progress bar's text
+        page.get_by_text("logprobs_mode = processed_logprobs").first.wait_for(timeout=300_000)
+        assert page.locator(EXCEPTION).count() == 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    runs = Store(root).sql("SELECT count(*) FROM runs WHERE source = 'replay'")[0][0].as_py()
+    assert runs >= 5  # recorded + four variants, each a run

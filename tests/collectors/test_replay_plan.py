@@ -1,0 +1,81 @@
+"""What a replay reads from the store, on the torch demo's runs (no engine needed): the settings in
+force at a step, the checkpoints and the batch before, the candidate changes, and the errors that
+say what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import collectors
+from collectors.replay import Plan, ReplayError, Settings, candidate_changes, plan_replay
+from storage import Store
+
+
+def _plan(root: Path, run: str, **kw: object) -> Plan:
+    with Store(root) as store:
+        return plan_replay(store, run, **kw)
+
+
+@pytest.mark.slow  # the demo runs (trained once per session)
+def test_recorded_settings_and_weights_of_the_latest_replayable_step(demo_root: Path) -> None:
+    plan = _plan(demo_root, "demo-torch-prefix-cache-no-reset")
+    [step] = plan.steps
+    # 24 steps, checkpoints every 4 versions: step 20 ran on v20; the batch before ran on v16.
+    assert (step.step, step.version) == (20, 20)
+    assert step.checkpoint.name == "policy-v20" and step.prime.name == "policy-v16"
+    assert len(step.sequences) == 16 and all(len(q.token_ids) == 8 for q in step.sequences)
+    s = step.settings
+    assert (s.enable_prefix_caching, s.reset_prefix_cache) == (True, False)
+    assert s.logprobs_mode == "processed_logprobs"
+    assert (s.temperature, s.top_p, s.dtype, s.head_dtype) == (0.7, 1.0, "float32", "float32")
+    assert plan.reference == "demo-torch-reference"
+    assert candidate_changes(s)["prefix_cache_reset"] == {"reset_prefix_cache": True}
+
+
+@pytest.mark.slow
+def test_each_fault_has_its_candidate(demo_root: Path) -> None:
+    raw = _plan(demo_root, "demo-torch-raw-logprobs").steps[0].settings
+    assert candidate_changes(raw)["logprobs_mode"] == {"logprobs_mode": "processed_logprobs"}
+    bf16 = _plan(demo_root, "demo-torch-bf16-lm-head").steps[0].settings
+    assert candidate_changes(bf16)["head_dtype"] == {"head_dtype": "float32"}
+    top_p = _plan(demo_root, "demo-torch-top-p-truncation").steps[0].settings
+    assert top_p.top_p == 0.8 and candidate_changes(top_p)["sampling"] == {"top_p": 1.0, "top_k": -1}
+    # Rollouts two versions behind: the latest step whose weights were saved is 22 (v20).
+    lag = _plan(demo_root, "demo-torch-policy-lag").steps[0]
+    assert (lag.step, lag.version) == (22, 20)
+    # A flag change half-way: the settings are those in force at the replayed step.
+    before = _plan(demo_root, "demo-torch-flag-change", steps=[4]).steps[0].settings
+    after = _plan(demo_root, "demo-torch-flag-change", steps=[20]).steps[0].settings
+    assert (before.logprobs_mode, after.logprobs_mode) == ("processed_logprobs", "raw_logprobs")
+
+
+def test_default_candidates_fill_to_five_and_unknown_ones_are_named() -> None:
+    healthy = Settings(logprobs_mode="processed_logprobs", dtype="bfloat16", head_dtype="float32")
+    assert list(candidate_changes(healthy)) == ["logprobs_mode", "head_dtype", "batch", "prefix_caching"]
+    cached = Settings(enable_prefix_caching=True, reset_prefix_cache=False)
+    assert len(candidate_changes(cached)) == 5
+    assert list(candidate_changes(healthy, ["enforce_eager"])) == ["enforce_eager"]
+    with pytest.raises(ReplayError, match="unknown --vary warp_drive"):
+        candidate_changes(healthy, ["warp_drive"])
+
+
+@pytest.mark.slow
+def test_what_is_missing_is_named(demo_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ReplayError, match="no run 'nope'"):
+        _plan(demo_root, "nope")
+    with pytest.raises(ReplayError, match="policy version 3, which has no checkpoint"):
+        _plan(demo_root, "demo-torch-reference", steps=[3])
+    with pytest.raises(ReplayError, match="no sequences at step"):
+        _plan(demo_root, "demo-torch-reference", steps=[999])
+    # A run that logged mismatch without prompts: nothing to re-score.
+    run = collectors.init(run_id="bare", root=tmp_path)
+    run.log_mismatch(0, torch.zeros(2, 4), torch.zeros(2, 4))
+    run.close()
+    with pytest.raises(ReplayError, match="logged no sequences"):
+        _plan(tmp_path, "bare")
+    # With --model, steps need no checkpoint events (one folder for all).
+    plan = _plan(demo_root, "demo-torch-reference", steps=[3], model=tmp_path)
+    assert plan.steps[0].checkpoint == tmp_path and plan.notes
