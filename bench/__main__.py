@@ -35,6 +35,7 @@ BENCHMARKS = (
     ("monitor", "the monitor's full scan, incremental tick and the Runs page, against one DuckDB pass"),
     ("detection", "false alarms per 10,000 healthy steps, detection delays, and the demo faults caught"),
     ("diagnosis", "the right cause named first for every demo scenario, both engines, three seeds"),
+    ("replay", "replay names the setting that restores parity on every vLLM demo run, three seeds"),
 )
 
 
