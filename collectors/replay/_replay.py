@@ -37,6 +37,9 @@ from collectors.replay._plan import (
 # still far below what each named cause adds (2x for a bf16 head at the demo's logit scale, 100x
 # for raw logprobs at temperature 0.7).
 TOLERANCE = 1.5
+# ... plus this much: below 1e-5 nats of mean |d| two fp32 paths differ by rounding alone (an fp32
+# engine against an fp32 trainer sits near 2e-7), so a ratio of two such levels means nothing.
+SLACK = 1e-5
 PAIRS_FROM = 3  # with no single change enough, pairs of the best this many are tried
 
 Progress = Callable[[dict[str, Any]], None]
@@ -164,7 +167,7 @@ def replay(
         base = variants[0]
         for v in variants[1:]:
             v.removed = _removed(base.level, v.level, target.level)
-        above = base.level > target.level * TOLERANCE
+        above = base.level > bar(target.level)
         pairs = plan_pairs(variants[1:], recorded, target.level) if above else []
         for i, variant in enumerate(pairs):
             step = {"phase": "variant", "name": variant.name, "index": total + i, "total": total + len(pairs)}
@@ -320,6 +323,11 @@ def _padded(trainer: list[list[float]], engine: list[list[float]]) -> tuple[Any,
     return t, e, mask
 
 
+def bar(level: float) -> float:
+    """The highest mean |d| still at ``level``."""
+    return level * TOLERANCE + SLACK
+
+
 def _target(floor: Variant, reference: Variant | None) -> Variant:
     """The level to reach: the reference run's replayed level, or this run's own floor (the engine
     at parity settings, one sequence at a time) where that is higher. Two runs' sequences differ, so
@@ -338,18 +346,18 @@ def _removed(base: float, level: float, target: float) -> float | None:
     if not all(math.isfinite(x) for x in (base, level, target)):
         return None
     excess = base - target
-    if base <= target * TOLERANCE:
+    if base <= bar(target):
         return None  # nothing to remove: the run is at the level already
     return round(max(-99.0, min(1.0, (base - level) / excess)), 4)
 
 
 def _verdict(base: Variant, variants: list[Variant], target: Variant) -> Verdict:
-    bar = target.level * TOLERANCE
+    limit = bar(target.level)
     where = target.name
-    if base.error or target.error or not math.isfinite(base.level) or not math.isfinite(bar):
+    if base.error or target.error or not math.isfinite(base.level) or not math.isfinite(limit):
         why = base.error or target.error or "no level measured"
         return Verdict(None, base.level, target.level, where, f"replay failed: {why}")
-    if base.level <= bar:
+    if base.level <= limit:
         return Verdict(
             {},
             base.level,
@@ -358,7 +366,7 @@ def _verdict(base: Variant, variants: list[Variant], target: Variant) -> Verdict
             f"nothing to change: under its recorded settings the run is at its {where}'s level "
             f"({base.level:.3g} against {target.level:.3g})",
         )
-    reaching = [v for v in variants if not v.error and not v.refused and v.level <= bar]
+    reaching = [v for v in variants if not v.error and not v.refused and v.level <= limit]
     if reaching:
         # The fewest changes; among equals the earliest candidate (the specific fix before the broad
         # one: a cache reset before turning caching off). All of them are at the level already.
@@ -401,8 +409,8 @@ def _describe(changes: dict[str, Any]) -> str:
 def plan_pairs(singles: list[Variant], recorded: Settings, target_level: float) -> list[Variant]:
     """When no single change reaches the target, the pairs of the (up to) ``PAIRS_FROM`` singles
     that removed the most; they are scored like any variant."""
-    bar = target_level * TOLERANCE
-    if any(not v.error and v.level <= bar for v in singles):
+    limit = bar(target_level)
+    if any(not v.error and v.level <= limit for v in singles):
         return []
     helped = sorted(
         (v for v in singles if not v.error and v.removed is not None and v.removed > 0.1),

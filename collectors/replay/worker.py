@@ -12,8 +12,8 @@ replies.
 ``hello``
     -> ``vllm``, ``torch``, ``python`` versions and ``protocol`` (this is version 1).
 ``start`` ``{"model": DIR, "settings": {...}}``
-    Starts an engine on the weights in DIR. Settings: ``dtype``, ``head_dtype`` (``float32`` asks
-    for an fp32 ``lm_head``/logits; anything else keeps the model dtype), ``logprobs_mode``
+    Starts an engine on the weights in DIR. Settings: ``dtype``, ``head_dtype`` (the
+    ``lm_head``/logits dtype, through vLLM's ``hf_overrides``; default: the model dtype), ``logprobs_mode``
     (``raw_logprobs`` | ``processed_logprobs``: how scores are *reported*, see ``score``),
     ``enable_prefix_caching``, ``enforce_eager``, ``enable_chunked_prefill``, ``async_scheduling``,
     ``block_size``, ``seed``, ``max_model_len``. -> ``settings``: what the engine resolved them to
@@ -117,8 +117,8 @@ class Worker:
             "enable_prefix_caching": bool(s.get("enable_prefix_caching", False)),
             "logits_processors": [_forcing_processor()],
         }
-        if s.get("head_dtype") == "float32":
-            kwargs["hf_overrides"] = {"head_dtype": "float32"}
+        if s.get("head_dtype") and s["head_dtype"] != s.get("dtype"):
+            kwargs["hf_overrides"] = {"head_dtype": s["head_dtype"]}
         for name in ("enable_chunked_prefill", "async_scheduling", "block_size", "max_model_len"):
             if s.get(name) is not None:
                 kwargs[name] = s[name]

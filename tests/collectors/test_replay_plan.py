@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import collectors
-from collectors.replay import Plan, ReplayError, Settings, candidate_changes, plan_replay
+from collectors.replay import Plan, ReplayError, Settings, Variant, candidate_changes, plan_replay
+from collectors.replay._replay import _removed, _verdict, plan_pairs
 from storage import Store
 
 
@@ -79,3 +80,38 @@ def test_what_is_missing_is_named(demo_root: Path, tmp_path: Path) -> None:
     # With --model, steps need no checkpoint events (one folder for all).
     plan = _plan(demo_root, "demo-torch-reference", steps=[3], model=tmp_path)
     assert plan.steps[0].checkpoint == tmp_path and plan.notes
+
+
+def _v(name: str, level: float, changes: dict | None = None, **kw: object) -> Variant:
+    v = Variant(name, changes if changes is not None else {name: True}, Settings(), **kw)
+    v.metrics = {"mismatch/abs_logp_diff_mean": level}
+    return v
+
+
+def test_verdict_takes_the_fewest_most_specific_changes_that_reach_the_level() -> None:
+    base, floor = _v("recorded", 0.01, {}), _v("floor", 0.001, {})
+    # At the level already (within 1.5x): nothing to change, whatever the variants do.
+    assert _verdict(_v("recorded", 0.0014, {}), [_v("batch", 0.0001)], floor).changes == {}
+    # Two changes reach it: the earlier candidate wins a tie (a reset before turning caching off),
+    # even when the later one lands a little lower.
+    reset = _v("prefix_cache_reset", 0.0012, {"reset_prefix_cache": True})
+    off = _v("prefix_caching", 0.0011, {"enable_prefix_caching": False})
+    assert _verdict(base, [off, reset], floor).changes == {"reset_prefix_cache": True}
+    # A setting the engine refused is never the answer.
+    refused = _v("async_scheduling", 0.001, refused=["async_scheduling"])
+    verdict = _verdict(base, [refused, _v("batch", 0.009)], floor)
+    assert verdict.changes is None and "outside the varied settings" in verdict.message
+    # Below 1e-5 nats, fp32 rounding: 2.4e-7 against a 1.6e-7 floor is the same level.
+    assert _verdict(_v("recorded", 2.4e-7, {}), [], _v("floor", 1.6e-7, {})).changes == {}
+
+
+def test_removed_share_and_pairs_when_no_single_change_is_enough() -> None:
+    assert _removed(0.01, 0.001, 0.001) == 1.0 and _removed(0.01, 0.0055, 0.001) == 0.5
+    assert _removed(0.01, 0.02, 0.001) < 0 and _removed(0.0012, 0.0001, 0.001) is None
+    a, b, c = _v("logprobs_mode", 0.006), _v("head_dtype", 0.004), _v("batch", 0.0099)
+    for v in (a, b, c):
+        v.removed = _removed(0.01, v.level, 0.001)
+    pairs = plan_pairs([a, b, c], Settings(), 0.001)
+    assert [p.name for p in pairs] == ["head_dtype+logprobs_mode"]  # batch removed 1%: not paired
+    assert pairs[0].changes == {"head_dtype": True, "logprobs_mode": True}
+    assert plan_pairs([a, _v("sampling", 0.0012)], Settings(), 0.001) == []  # one single suffices
