@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-data
 UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-vllm test reliability reliability-long lint format bench screenshots clean
+.PHONY: demo demo-vllm engines test reliability reliability-long lint format bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS
 	avg(value) FILTER (WHERE name = 'reward/mean' AND step >= 18) AS reward_last \
 	FROM metrics GROUP BY run_id ORDER BY k3
 
+## engines: the seed's vLLM 0.8.5 (V0) and 0.18.1 (V1), each in its own virtualenv under .engines/
+engines: $(VENV)/.core
+	$(BIN)/python scripts/engines.py --root .engines --python $(PYTHON)
+
 ## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes)
 test: $(VENV)/.test lint
 	$(BIN)/python -m pytest -q
@@ -76,7 +80,7 @@ bench: $(VENV)/.test
 
 ## screenshots: the README's dashboard images, taken by the browser test on the demo runs
 screenshots: $(VENV)/.test
-	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/app/test_dashboard.py -k every_page
+	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/app/test_dashboard.py -k "every_page or replay_starts"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm .pytest_cache .ruff_cache

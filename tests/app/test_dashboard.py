@@ -222,6 +222,9 @@ def test_replay_starts_from_the_diagnosis_page_and_shows_its_verdict(
         page.get_by_text("Replay started").first.wait_for(timeout=60_000)  # the progress bar's text
         page.get_by_text("logprobs_mode = processed_logprobs").first.wait_for(timeout=300_000)
         assert page.locator(EXCEPTION).count() == 0
+        page.get_by_role("heading", name="Replay").scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)
+        _screenshot(page, tmp_path, "replay")
     finally:
         proc.terminate()
         proc.wait(10)
