@@ -83,6 +83,7 @@ def install(engine: Engine, root: Path, base_python: str) -> Path:
     home = root / f"vllm-{engine.version}"
     stamp = home / ".complete"
     if stamp.exists():
+        write_wrapper(home, _preload(home) if engine.preload else [])  # cheap; keeps it current
         return wrapper(root, engine.version)
     python = home / "bin" / "python"
     step("create the virtualenv", [base_python, "-m", "venv", "--clear", str(home)])
@@ -114,10 +115,9 @@ def install(engine: Engine, root: Path, base_python: str) -> Path:
                 )
             step("apt-get update", ["apt-get", "update", "-qq"])
             step("install libtcmalloc-minimal4", ["apt-get", "install", "-y", "-qq", "libtcmalloc-minimal4"])
-        iomp = home / "lib" / "libiomp5.so"
-        if not iomp.exists():
-            raise StepError(f"step 'find libiomp5' failed: {iomp} is missing after installing intel-openmp")
-        preload = [str(TCMALLOC), str(iomp)]
+        preload = _preload(home)
+        if not Path(preload[1]).exists():
+            raise StepError(f"step 'find libiomp5' failed: no {preload[1]} after intel-openmp")
     write_wrapper(home, preload)
     got = (
         step(
@@ -132,6 +132,10 @@ def install(engine: Engine, root: Path, base_python: str) -> Path:
         raise StepError(f"step 'check the version' failed: expected {engine.version}, the engine says {got}")
     stamp.write_text(got + "\n")
     return wrapper(root, engine.version)
+
+
+def _preload(home: Path) -> list[str]:
+    return [str(TCMALLOC), str(home.resolve() / "lib" / "libiomp5.so")]
 
 
 _REQUIRES = textwrap.dedent(
@@ -153,7 +157,7 @@ def write_wrapper(home: Path, preload: list[str]) -> None:
     """The interpreter a replay or a test starts: the engine's environment, then the venv's python."""
     lines = [
         "#!/bin/sh",
-        f'HOME_DIR="{home}"',
+        'HOME_DIR="$(cd "$(dirname "$0")/.." && pwd)"  # the venv: the wrapper moves with it',
         'export VLLM_CACHE_ROOT="$HOME_DIR/cache/vllm" TORCHINDUCTOR_CACHE_DIR="$HOME_DIR/cache/inductor"',
         'export HF_HOME="$HOME_DIR/cache/hf" HF_HUB_OFFLINE=1',
         'export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"',

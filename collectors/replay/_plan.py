@@ -71,7 +71,10 @@ class StepPlan:
     step: int
     version: int | None  # the policy version the rollouts came from
     checkpoint: Path  # its weights
-    prime: Path  # the weights the batch before ran on (an earlier checkpoint; else the same)
+    # The weights the prefix cache may still hold KV from: the first checkpoint since the engine
+    # (re)started, for with no reset an updated engine keeps serving a hot shared prefix computed
+    # then (the same checkpoint when there is no earlier one).
+    prime: Path
     settings: Settings
     sequences: list[Sequence]
 
@@ -214,8 +217,9 @@ def plan_replay(
                     )
                 continue
             ckpt = checkpoints[version]
-            earlier = [v for v in checkpoints if v < version]
-            prime = checkpoints[max(earlier)] if earlier else ckpt
+            started = _engine_start_version(store, run, engines, step)
+            earlier = [v for v in checkpoints if v < version and (started is None or v >= started)]
+            prime = checkpoints[min(earlier)] if earlier else ckpt
         plans.append(StepPlan(step, version, ckpt, prime, _settings_at(engines, events, step), seqs))
     if not plans:
         have = ", ".join(f"v{v}" for v in sorted(checkpoints)) or "none"
@@ -230,6 +234,18 @@ def plan_replay(
     elif any(p.prime == p.checkpoint for p in plans):
         notes.append("no earlier checkpoint: the batch before the update ran on the same weights")
     return Plan(run, engines[-1]["engine"], plans, meta[0]["reference_run"], notes)
+
+
+def _engine_start_version(
+    store: storage.Store, run: str, engines: list[dict[str, Any]], step: int
+) -> int | None:
+    """The policy version the engine in force at ``step`` started on (its first rollouts')."""
+    row = next((e for e in reversed(engines) if (e["step_first"] or 0) <= step), engines[0])
+    first = store.sql(
+        "SELECT min(rollout_version) FROM sequences WHERE run_id = ? AND step >= ?",
+        [run, row["step_first"] or 0],
+    )[0][0].as_py()
+    return first
 
 
 def _sequences(store: storage.Store, run: str, steps: list[int] | None) -> list[Sequence]:

@@ -51,7 +51,8 @@ def markdown(report: Any) -> str:
         )
     for t in report.targets:
         m = t.metrics
-        what = "level to reach" if t.name == v.reference else "measured"
+        at = t.name.startswith(v.reference) and t.level == v.reference_level
+        what = "level to reach" if at else "measured"
         lines.append(
             f"| ({t.name}) | {what} | {_num(m.get('mismatch/abs_logp_diff_mean'))} | "
             f"{_num(m.get('mismatch/k3'))} | {_num(m.get('mismatch/abs_logp_diff_max'))} | | |"

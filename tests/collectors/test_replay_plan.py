@@ -11,7 +11,7 @@ import torch
 
 import collectors
 from collectors.replay import Plan, ReplayError, Settings, Variant, candidate_changes, plan_replay
-from collectors.replay._replay import _removed, _verdict, plan_pairs
+from collectors.replay._replay import Target, _removed, _target, _verdict, plan_pairs
 from storage import Store
 
 
@@ -89,29 +89,44 @@ def _v(name: str, level: float, changes: dict | None = None, **kw: object) -> Va
 
 
 def test_verdict_takes_the_fewest_most_specific_changes_that_reach_the_level() -> None:
-    base, floor = _v("recorded", 0.01, {}), _v("floor", 0.001, {})
-    # At the level already (within 1.5x): nothing to change, whatever the variants do.
-    assert _verdict(_v("recorded", 0.0014, {}), [_v("batch", 0.0001)], floor).changes == {}
+    base, floor = _v("recorded", 0.01, {}), Target("floor", 0.001)
+    # At the floor already (paired, within 1.1x): nothing to change, whatever the variants do.
+    assert _verdict(_v("recorded", 0.00105, {}), [_v("batch", 0.0001)], floor).changes == {}
+    # A reference run's replay scores other tokens: 1.5x of it still counts as its level.
+    assert _verdict(_v("recorded", 0.0014, {}), [], Target("reference", 0.001)).changes == {}
+    assert _verdict(_v("recorded", 0.0014, {}), [], floor).changes is None
     # Two changes reach it: the earlier candidate wins a tie (a reset before turning caching off),
     # even when the later one lands a little lower.
-    reset = _v("prefix_cache_reset", 0.0012, {"reset_prefix_cache": True})
-    off = _v("prefix_caching", 0.0011, {"enable_prefix_caching": False})
+    reset = _v("prefix_cache_reset", 0.00105, {"reset_prefix_cache": True})
+    off = _v("prefix_caching", 0.001, {"enable_prefix_caching": False})
     assert _verdict(base, [off, reset], floor).changes == {"reset_prefix_cache": True}
     # A setting the engine refused is never the answer.
     refused = _v("async_scheduling", 0.001, refused=["async_scheduling"])
     verdict = _verdict(base, [refused, _v("batch", 0.009)], floor)
     assert verdict.changes is None and "outside the varied settings" in verdict.message
-    # Below 1e-5 nats, fp32 rounding: 2.4e-7 against a 1.6e-7 floor is the same level.
-    assert _verdict(_v("recorded", 2.4e-7, {}), [], _v("floor", 1.6e-7, {})).changes == {}
+    # Below 1e-6 nats, fp32 rounding: 2.4e-7 against a 1.6e-7 floor is the same level.
+    assert _verdict(_v("recorded", 2.4e-7, {}), [], Target("floor", 1.6e-7)).changes == {}
+
+
+def test_the_level_to_reach() -> None:
+    single, batched = _v("floor", 9.3e-5, {}), _v("floor_batched", 8.6e-5, {})
+    # The floor is the higher of one-at-a-time and batched: batch composition moves bf16 results.
+    assert _target([single, batched], None) == Target("floor", 9.3e-5)
+    # A reference run above the floor is the target; below it, this run's own floor is.
+    assert _target([single, batched], _v("reference", 2e-4, {})) == Target("reference", 2e-4)
+    assert _target([single, batched], _v("reference", 3e-5, {})) == Target("floor", 9.3e-5)
+    failed = _v("floor", float("nan"), {}, error="start: boom")
+    assert _target([failed], None).error == "start: boom"
 
 
 def test_removed_share_and_pairs_when_no_single_change_is_enough() -> None:
-    assert _removed(0.01, 0.001, 0.001) == 1.0 and _removed(0.01, 0.0055, 0.001) == 0.5
-    assert _removed(0.01, 0.02, 0.001) < 0 and _removed(0.0012, 0.0001, 0.001) is None
+    floor = Target("floor", 0.001)
+    assert _removed(0.01, 0.001, floor) == 1.0 and _removed(0.01, 0.0055, floor) == 0.5
+    assert _removed(0.01, 0.02, floor) < 0 and _removed(0.00105, 0.0001, floor) is None
     a, b, c = _v("logprobs_mode", 0.006), _v("head_dtype", 0.004), _v("batch", 0.0099)
     for v in (a, b, c):
-        v.removed = _removed(0.01, v.level, 0.001)
-    pairs = plan_pairs([a, b, c], Settings(), 0.001)
+        v.removed = _removed(0.01, v.level, floor)
+    pairs = plan_pairs([a, b, c], Settings(), floor)
     assert [p.name for p in pairs] == ["head_dtype+logprobs_mode"]  # batch removed 1%: not paired
     assert pairs[0].changes == {"head_dtype": True, "logprobs_mode": True}
-    assert plan_pairs([a, _v("sampling", 0.0012)], Settings(), 0.001) == []  # one single suffices
+    assert plan_pairs([a, _v("sampling", 0.00105)], Settings(), floor) == []  # one single suffices

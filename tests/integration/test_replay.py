@@ -35,8 +35,18 @@ EXPECTED = {
 def vllm_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("replay")
     proc = subprocess.run(
-        [sys.executable, "-m", "collectors.demo", *SCENARIOS, "--engine", "vllm", "--steps", "9"]
-        + ["--root", str(root)],
+        [
+            sys.executable,
+            "-m",
+            "collectors.demo",
+            *SCENARIOS,
+            "--engine",
+            "vllm",
+            "--steps",
+            "9",
+            "--root",
+            str(root),
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -69,16 +79,16 @@ def test_replay_names_the_setting_that_restores_parity(vllm_runs: Path, scenario
     assert {"changes", "metrics", "removed"} <= variants["recorded"].keys()
     base = variants["recorded"]["metrics"]["mismatch/abs_logp_diff_mean"]
     if scenario == "reference":
-        assert base <= 1.5 * verdict["reference_level"]
+        assert base <= 1.1 * verdict["reference_level"]
         assert all(v["removed"] is None for v in variants.values())  # nothing above the level to remove
     else:
         fix = next(v for v in variants.values() if v["changes"] == EXPECTED[scenario])
         assert fix["removed"] > 0.9, fix
         assert fix["metrics"]["mismatch/abs_logp_diff_mean"] < base / 2.5
-        assert verdict["level"] <= 1.5 * verdict["reference_level"]
-    if scenario != "prefix-cache-no-reset":
-        # Nothing stateful: the engine under the recorded settings gives back what it logged.
-        assert report["reproduced"] < 1e-5, report["reproduced"]
+        assert verdict["level"] <= 1.5 * verdict["reference_level"]  # 1.1x of a floor, 1.5x of a run
+    # The engine under the recorded settings gives back what it logged, the stale prefix cache
+    # included (rebuilt from the checkpoint the engine started on).
+    assert report["reproduced"] < 1e-5, report["reproduced"]
     assert report["seconds"] < 300  # README: ~35 s for five variants here
     # Every variant is a run of its own, source replay, tagged with the run it replays.
     with Store(vllm_runs) as store:
@@ -167,4 +177,7 @@ def test_worker_protocol_in_a_second_interpreter(vllm_runs: Path, tmp_path: Path
             worker.request("stop")
     assert scores[0] == scores[1]
     logged = [r["rollout_logprobs"] for r in row]
-    assert max(abs(a - b) for x, y in zip(scores[0], logged) for a, b in zip(x, y)) < 1e-5
+    assert (
+        max(abs(a - b) for x, y in zip(scores[0], logged, strict=True) for a, b in zip(x, y, strict=True))
+        < 1e-5
+    )
