@@ -54,8 +54,9 @@ DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS
 engines: $(VENV)/.core
 	$(BIN)/python scripts/engines.py --root .engines --python $(PYTHON)
 
-## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes)
-test: $(VENV)/.test lint
+## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes, and the
+## replay worker on the seed's own vLLM releases, which `engines` installs once)
+test: $(VENV)/.test engines lint
 	$(BIN)/python -m pytest -q
 
 ## reliability: the fault, load, fuzz and security suite alone (its short version, as in make test)
