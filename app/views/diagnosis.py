@@ -7,6 +7,8 @@ were read from, so a person can check the verdict by eye.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import numpy as np
 import pyarrow as pa
 import streamlit as st
@@ -131,7 +133,7 @@ def _replay(ctx: Context, run_id: str) -> None:
 
 
 def _job(job: replays.Job) -> None:
-    started = job.folder.name.rsplit("@", 1)[-1]
+    started = _when(job.folder.name.rsplit("@", 1)[-1])
     state = job.state()
     if state == "running":
         done, what = job.progress()
@@ -190,6 +192,14 @@ def _job(job: replays.Job) -> None:
     st.caption(
         f"{report.get('seconds', 0):.0f} s on vLLM {literal(str((report.get('worker') or {}).get('vllm')))}."
     )
+
+
+def _when(stamp: str) -> str:
+    """``20261201T180105114681`` (the job folder's stamp) as ``2026-12-01 18:01:05 UTC``."""
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S%f").strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return stamp
 
 
 def _changes(changes: dict) -> str:
