@@ -30,7 +30,7 @@ from typing import Any
 import monitor
 import storage
 from bench.detection import generate
-from bench.write_path import machine_info
+from bench.write_path import notes_and_machine
 from collectors.demo import DEFAULT_STEPS, SCENARIOS
 from collectors.demo._loop import supported
 
@@ -123,16 +123,7 @@ def report(results: dict[str, dict[int, dict[str, dict]]], seconds: float, notes
                 lines.append(f"- **{name}**: {first['evidence']}")
         lines.append("")
     lines.insert(5, f"**{passed} of {total} runs diagnosed as their scenario says.**\n")
-    if notes:
-        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    lines += [
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in machine_info().items()],
-        "",
-    ]
+    lines += notes_and_machine(notes)
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.write_path import machine_info
+from bench.write_path import notes_and_machine
 from collectors.demo import DEFAULT_STEPS, SCENARIOS
 from collectors.demo._loop import supported
 
@@ -146,16 +146,7 @@ def report(results: dict[int, dict[str, dict[str, Any]]], seconds: float, notes:
                 f"{v['variants']} | {v['seconds']:.0f} s |"
             )
         lines.append("")
-    if notes:
-        lines += ["## Notes", "", *[f"- {n}" for n in notes], ""]
-    lines += [
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in machine_info().items()],
-        "",
-    ]
+    lines += notes_and_machine(notes)
     return "\n".join(lines)
 
 

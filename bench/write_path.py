@@ -447,6 +447,20 @@ def run_benchmark(steps: int, n_metrics: int, repeats: int, command: str) -> Rep
 # ---------------------------------------------------------------------------------------- report
 
 
+def notes_and_machine(notes: list[str]) -> list[str]:
+    """The tail of a Markdown report: its notes (if any), then the machine table."""
+    lines = ["## Notes", "", *[f"- {n}" for n in notes], ""] if notes else []
+    return [
+        *lines,
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in machine_info().items()],
+        "",
+    ]
+
+
 def machine_info() -> dict[str, str]:
     """What a reader needs to compare these numbers with another run of the benchmark."""
     cpu = platform.processor() or "unknown"
