@@ -141,12 +141,18 @@ def replay(
     """Replay ``run``; see the module docstring. ``python`` hosts the engine (default: this one)."""
     started = time.perf_counter()
     progress = on_progress or (lambda event: None)
-    store = storage.Store(root)
-    plan = plan_replay(store, run, model=model, steps=steps)
-    notes = list(plan.notes)
+    with storage.Store(root) as store:
+        plan = plan_replay(store, run, model=model, steps=steps)
+        notes = list(plan.notes)
+        ref_plan = _reference_plan(store, plan, reference, notes)
     recorded = plan.steps[0].settings
+    differ = [s.step for s in plan.steps if s.settings != recorded]
+    if differ:
+        raise ReplayError(
+            f"step {plan.steps[0].step} and step {differ[0]} of {run!r} ran under different engine "
+            "settings (a restart with other flags in between); replay them one at a time"
+        )
     changes = candidate_changes(recorded, vary)
-    ref_plan = _reference_plan(store, plan, reference, notes)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     variants = [Variant("recorded", {}, recorded)]
     variants += [Variant(name, c, recorded.apply(c)) for name, c in changes.items()]

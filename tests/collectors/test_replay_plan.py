@@ -130,3 +130,11 @@ def test_removed_share_and_pairs_when_no_single_change_is_enough() -> None:
     assert [p.name for p in pairs] == ["head_dtype+logprobs_mode"]  # batch removed 1%: not paired
     assert pairs[0].changes == {"head_dtype": True, "logprobs_mode": True}
     assert plan_pairs([a, _v("sampling", 0.00105)], Settings(), floor) == []  # one single suffices
+
+
+@pytest.mark.slow
+def test_steps_under_different_settings_are_refused_together(demo_root: Path) -> None:
+    from collectors.replay import replay
+
+    with pytest.raises(ReplayError, match="ran under different engine settings"):
+        replay(demo_root, "demo-torch-flag-change", steps=[4, 20], write=False)
