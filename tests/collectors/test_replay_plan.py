@@ -24,9 +24,10 @@ def _plan(root: Path, run: str, **kw: object) -> Plan:
 def test_recorded_settings_and_weights_of_the_latest_replayable_step(demo_root: Path) -> None:
     plan = _plan(demo_root, "demo-torch-prefix-cache-no-reset")
     [step] = plan.steps
-    # 24 steps, checkpoints every 4 versions: step 20 ran on v20; the batch before ran on v16.
+    # 24 steps, checkpoints every 4 versions: step 20 ran on v20. With no reset, the prefix cache
+    # may still hold KV from the weights the engine started on: the batch before runs on v0.
     assert (step.step, step.version) == (20, 20)
-    assert step.checkpoint.name == "policy-v20" and step.prime.name == "policy-v16"
+    assert step.checkpoint.name == "policy-v20" and step.prime.name == "policy-v0"
     assert len(step.sequences) == 16 and all(len(q.token_ids) == 8 for q in step.sequences)
     s = step.settings
     assert (s.enable_prefix_caching, s.reset_prefix_cache) == (True, False)
@@ -49,8 +50,9 @@ def test_each_fault_has_its_candidate(demo_root: Path) -> None:
     assert (lag.step, lag.version) == (22, 20)
     # A flag change half-way: the settings are those in force at the replayed step.
     before = _plan(demo_root, "demo-torch-flag-change", steps=[4]).steps[0].settings
-    after = _plan(demo_root, "demo-torch-flag-change", steps=[20]).steps[0].settings
-    assert (before.logprobs_mode, after.logprobs_mode) == ("processed_logprobs", "raw_logprobs")
+    after = _plan(demo_root, "demo-torch-flag-change", steps=[20]).steps[0]
+    assert (before.logprobs_mode, after.settings.logprobs_mode) == ("processed_logprobs", "raw_logprobs")
+    assert after.prime.name == "policy-v12"  # the restarted engine began on the weights of step 12
 
 
 def test_default_candidates_fill_to_five_and_unknown_ones_are_named() -> None:
