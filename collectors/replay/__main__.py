@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model", help="one checkpoint folder for every step (default: the run's checkpoint events)")
     add("--step", type=int, action="append", help="a logged step to replay (repeatable; default: the latest)")
     add("--vary", action="append", choices=list(CANDIDATES), help="a setting to change (repeatable)")
-    add("--reference", help="the run whose level to reach (default: the run's recorded reference)")
+    add("--reference", help="the run whose level to reach (default: the recorded one); `floor`: the floor")
     add("--python", help="the interpreter that hosts the engine (a virtualenv with another vLLM)")
     add("--trainer-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add("--format", choices=["md", "json"], default="md")

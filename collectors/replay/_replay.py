@@ -208,6 +208,9 @@ def _reference_plan(store: storage.Store, plan: Plan, reference: str | None, not
     """The reference run's sequences at the same steps (else its latest replayable one), or None
     when it has none to replay: the floor is measured instead."""
     name = reference or plan.reference
+    if name == "floor":
+        notes.append("judged against the noise floor, as asked (--reference floor)")
+        return None
     if not name or name == plan.run:
         notes.append(
             "no reference run: the level to reach is the noise floor (parity settings, this run's tokens)"
