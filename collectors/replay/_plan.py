@@ -220,7 +220,7 @@ def plan_replay(
             started = _engine_start_version(store, run, engines, step)
             earlier = [v for v in checkpoints if v < version and (started is None or v >= started)]
             prime = checkpoints[min(earlier)] if earlier else ckpt
-        plans.append(StepPlan(step, version, ckpt, prime, _settings_at(engines, events, step), seqs))
+        plans.append(StepPlan(step, version, ckpt, prime, _settings_at(engines, events, step, version), seqs))
     if not plans:
         have = ", ".join(f"v{v}" for v in sorted(checkpoints)) or "none"
         raise ReplayError(
@@ -296,9 +296,20 @@ def _checkpoints(store: storage.Store, run: str) -> dict[int, Path]:
     return out
 
 
-def _settings_at(engines: list[dict[str, Any]], events: list[dict[str, Any]], step: int) -> Settings:
+def _after(weight_version: Any, version: int | None) -> bool:
+    return isinstance(weight_version, int) and version is not None and weight_version > version
+
+
+def _settings_at(
+    engines: list[dict[str, Any]], events: list[dict[str, Any]], step: int, version: int | None = None
+) -> Settings:
     """The engine settings in force at ``step``: the latest engine record at or before it, the
-    latest sampling parameters, and whether weight updates were followed by a cache reset."""
+    latest sampling parameters, and whether weight updates were followed by a cache reset.
+
+    Only updates that reached the sampling policy count: a trainer step publishes the next version
+    after its rollouts, under the same step number, so an update whose ``weight_version`` is past
+    the rollouts' ``version`` says nothing about them. An update whose reset is still unknown (one
+    resolved at close, before any generate) carries no evidence either way."""
     row = next((e for e in reversed(engines) if (e["step_first"] or 0) <= step), engines[0])
     flags = json.loads(row["flags"] or "{}")
     model_cfg = flags.get("model_config") or {}
@@ -312,9 +323,12 @@ def _settings_at(engines: list[dict[str, Any]], events: list[dict[str, Any]], st
         if e["kind"] == "sampling_params":
             sampling.update({k: payload[k] for k in ("temperature", "top_p", "top_k") if k in payload})
         elif (
-            e["kind"] == "weight_update" and payload.get("prefix_caching") and "prefix_cache_reset" in payload
+            e["kind"] == "weight_update"
+            and payload.get("prefix_caching")
+            and payload.get("prefix_cache_reset") is not None
+            and not _after(payload.get("weight_version"), version)
         ):
-            reset = None if payload["prefix_cache_reset"] is None else bool(payload["prefix_cache_reset"])
+            reset = bool(payload["prefix_cache_reset"])
     return Settings(
         dtype=row["dtype"] or "auto",
         head_dtype=row["lm_head_dtype"],

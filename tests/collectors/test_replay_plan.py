@@ -55,6 +55,39 @@ def test_each_fault_has_its_candidate(demo_root: Path) -> None:
     assert after.prime.name == "policy-v12"  # the restarted engine began on the weights of step 12
 
 
+def test_only_updates_that_reached_the_rollouts_count() -> None:
+    """A trainer step publishes the next version after its rollouts, under the same step number: at
+    step 8 (rollouts on v8) the update to v9, reset or not, says nothing about them. Events of one
+    step come back in no fixed order, so the rule cannot lean on their order."""
+    import json
+
+    from collectors.replay._plan import _settings_at
+
+    engines = [
+        {
+            "step_first": 0,
+            "flags": "{}",
+            "dtype": "bfloat16",
+            "lm_head_dtype": "float32",
+            "logprobs_mode": "processed_logprobs",
+            "enable_prefix_caching": True,
+            "enforce_eager": True,
+            "async_scheduling": False,
+            "seed": 0,
+        }
+    ]
+
+    def update(version: int, reset: bool | None) -> dict:
+        payload = {"prefix_caching": True, "prefix_cache_reset": reset, "weight_version": version}
+        return {"step": 8, "kind": "weight_update", "payload": json.dumps(payload)}
+
+    for later in (None, True):
+        for events in ([update(8, False), update(9, later)], [update(9, later), update(8, False)]):
+            assert _settings_at(engines, events, 8, 8).reset_prefix_cache is False, (later, events)
+    # No evidence at all: the engine's default, a reset.
+    assert _settings_at(engines, [update(8, None)], 8, 8).reset_prefix_cache is True
+
+
 def test_default_candidates_fill_to_five_and_unknown_ones_are_named() -> None:
     healthy = Settings(logprobs_mode="processed_logprobs", dtype="bfloat16", head_dtype="float32")
     assert list(candidate_changes(healthy)) == ["logprobs_mode", "head_dtype", "batch", "prefix_caching"]

@@ -70,11 +70,7 @@ def _replay(root: Path, run: str, *extra: str) -> dict:
 @pytest.mark.parametrize("scenario", list(EXPECTED))
 def test_replay_names_the_setting_that_restores_parity(vllm_runs: Path, scenario: str) -> None:
     run = f"demo-vllm-{scenario}"
-    # Nine steps leave the stale cache's error below the reference run's own level (1.2e-3 against
-    # 1.3e-3 at step 8; at step 20 of the demo it is 0.034): judged against its reference the run
-    # needs nothing, so this one is judged against its noise floor, where the reset is the fix.
-    extra = ("--reference", "floor") if scenario == "prefix-cache-no-reset" else ()
-    report = _replay(vllm_runs, run, *extra)
+    report = _replay(vllm_runs, run)
     verdict = report["verdict"]
     assert verdict["changes"] == EXPECTED[scenario], verdict
     assert report["run"] == run and report["steps"] == [8]  # the latest step with its weights
