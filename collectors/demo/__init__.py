@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from collectors.demo._engines import EngineSettings, TorchSampler, VllmEngine
-from collectors.demo._loop import DEFAULT_STEPS, PROJECT, SCENARIOS, Scenario, StepCallback, run_scenario
+from collectors.demo._loop import (
+    DEFAULT_STEPS,
+    PROJECT,
+    SCENARIOS,
+    SEED_SCENARIOS,
+    Scenario,
+    StepCallback,
+    engine_python,
+    run_scenario,
+)
 
 
 def run_demo(
@@ -24,15 +33,17 @@ def run_demo(
     seed: int = 0,
     on_step: StepCallback | None = None,
 ) -> list[str]:
-    """Train each scenario (default: all) into ``root``; return the run ids."""
+    """Train each scenario (default: all the demo's) into ``root``; return the run ids. The seed's
+    runs (``SEED_SCENARIOS``) bring their own engine release and ignore ``engine``."""
+    known = {**SCENARIOS, **SEED_SCENARIOS}
     chosen = list(scenarios or SCENARIOS)
-    unknown = [s for s in chosen if s not in SCENARIOS]
+    unknown = [s for s in chosen if s not in known]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     with tempfile.TemporaryDirectory(prefix="logprobe-demo-") as workdir:
         return [
             run_scenario(
-                SCENARIOS[name],
+                known[name],
                 root=root,
                 workdir=Path(workdir),
                 engine_kind=engine,
@@ -48,9 +59,11 @@ __all__ = [
     "DEFAULT_STEPS",
     "PROJECT",
     "SCENARIOS",
+    "SEED_SCENARIOS",
     "EngineSettings",
     "Scenario",
     "TorchSampler",
     "VllmEngine",
+    "engine_python",
     "run_demo",
 ]

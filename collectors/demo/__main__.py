@@ -12,26 +12,62 @@ import os
 import subprocess
 import sys
 
-from collectors.demo._loop import DEFAULT_STEPS, SCENARIOS, supported
+from collectors.demo._loop import DEFAULT_STEPS, SCENARIOS, SEED_SCENARIOS, Scenario, supported
+
+
+def seed_releases(engine: str) -> list[str] | None:
+    """``vllm==0.8.5,vllm==0.18.1`` → the releases (the seed's investigation); None for torch/vllm."""
+    if "==" not in engine:
+        return None
+    releases = []
+    for part in engine.split(","):
+        name, _, release = part.strip().partition("==")
+        if name != "vllm" or not release:
+            raise SystemExit(f"--engine: {part!r} is not vllm==RELEASE")
+        releases.append(release)
+    known = {s.release for s in SEED_SCENARIOS.values()}
+    unknown = sorted(set(releases) - known)
+    if unknown:
+        raise SystemExit(
+            f"--engine: no seed runs for vllm {', '.join(unknown)} (the seed's: {', '.join(sorted(known))})"
+        )
+    return releases
+
+
+def playable(engine: str) -> dict[str, Scenario]:
+    releases = seed_releases(engine)
+    if releases is not None:
+        return {n: s for n, s in SEED_SCENARIOS.items() if s.release in releases}
+    return {n: s for n, s in SCENARIOS.items() if supported(s, engine)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m collectors.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("scenarios", nargs="*", choices=[[], *SCENARIOS], help="default: all")
+    parser.add_argument(
+        "scenarios", nargs="*", choices=[[], *SCENARIOS, *SEED_SCENARIOS], help="default: all"
+    )
     parser.add_argument("--list", action="store_true", help="print the scenario names as JSON and exit")
-    parser.add_argument("--engine", choices=["torch", "vllm"], default="torch")
+    parser.add_argument(
+        "--engine", default="torch", help="torch, vllm, or the seed's releases: vllm==0.8.5,vllm==0.18.1"
+    )
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--root", default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.engine not in ("torch", "vllm"):
+        seed_releases(args.engine)  # names a bad spec
+    can = playable(args.engine)
     if args.list:  # the scenarios this engine can play
-        print(json.dumps({n: s.description for n, s in SCENARIOS.items() if supported(s, args.engine)}))
+        print(json.dumps({n: s.description for n, s in can.items()}))
         return 0
-    chosen = args.scenarios or [n for n, s in SCENARIOS.items() if supported(s, args.engine)]
-    if args.engine == "vllm" and len(chosen) > 1:
+    chosen = args.scenarios or list(can)
+    refused = [n for n in chosen if n not in can]
+    if refused:
+        parser.error(f"--engine {args.engine} cannot play {', '.join(refused)}")
+    if args.engine != "torch" and len(chosen) > 1:
         # One process per scenario: an in-process vLLM engine's shutdown tears down state that the
         # next engine in the same process would need.
-        common = ["--engine", "vllm", "--steps", str(args.steps), "--seed", str(args.seed)]
+        common = ["--engine", args.engine, "--steps", str(args.steps), "--seed", str(args.seed)]
         common += ["--root", args.root] if args.root else []
         for name in chosen:
             subprocess.run([sys.executable, "-m", "collectors.demo", name, *common], check=True)

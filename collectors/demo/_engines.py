@@ -10,7 +10,7 @@ fingerprint; it never claims to be vLLM.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -270,6 +270,75 @@ class VllmEngine:
     def close(self) -> None:
         if self._watcher is not None:
             self._watcher.close()
+
+
+class RemoteVllmEngine:
+    """vLLM in another interpreter (another virtualenv, another release), driven over the rollout
+    worker's protocol (``_rollout_worker.py``); the worker logs the engine side into the same run.
+
+    Weights travel as a safetensors file in ``workdir``: the demo's model is tiny, and a file is
+    what any two interpreters can share."""
+
+    name = "vllm"
+
+    def __init__(
+        self, python: str, model_dir: Path, settings: EngineSettings, run: Run, workdir: Path, seed: int = 0
+    ) -> None:
+        from collectors.replay import EngineWorker
+
+        if not settings.pause_generation_for_updates:
+            raise ValueError("the offline vLLM engine cannot take a weight update mid-batch")
+        self.settings = settings
+        self.version = 0
+        self._step = 0
+        self.workdir = workdir
+        self.worker = EngineWorker(python, args=["-m", "collectors.demo._rollout_worker"])
+        self.release = str(self.worker.info["vllm"])
+        self.worker.request(
+            "start",
+            model=str(model_dir),
+            settings=asdict(settings),
+            seed=seed,
+            root=str(run.writer.root),
+            run_id=run.run_id,
+        )
+
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int) -> Rollout:
+        reply = self.worker.request(
+            "generate",
+            prompts=prompts,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=self.settings.temperature,
+            top_p=self.settings.top_p,
+            step=self._step,
+        )
+        tokens = torch.tensor(reply["token_ids"], dtype=torch.long)
+        return Rollout(tokens, torch.tensor(reply["logprobs"], dtype=torch.float64), int(reply["cached"]))
+
+    def push_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        from safetensors.torch import save_file
+
+        path = self.workdir / "weights.safetensors"
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
+        self.version = version
+        self.worker.request("push", path=str(path), version=version)
+
+    def record(self, run: Run, step: int) -> None:
+        self._step = step
+        self.worker.request("record", step=step)
+
+    def set_step(self, step: int) -> None:
+        self._step = step
+
+    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+        return []  # the worker's watcher writes the engine's events itself
+
+    def close(self) -> None:
+        try:
+            self.worker.request("close")
+        finally:
+            self.worker.close()
 
 
 def _nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:

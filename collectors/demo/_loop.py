@@ -8,6 +8,8 @@ through the project's own collectors.
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 
 import collectors
-from collectors.demo._engines import EngineSettings, RolloutEngine, TorchSampler, VllmEngine
+from collectors.demo._engines import EngineSettings, RemoteVllmEngine, RolloutEngine, TorchSampler, VllmEngine
 from collectors.demo._task import RESPONSE_TOKENS, TARGETS, Task, build_task
 
 PROMPTS_PER_STEP = 16
@@ -46,6 +48,9 @@ class Scenario:
     # step the fault shows (-1: half-way, where ``switch_to`` lands).
     cause: str | None = None
     onset: int = 0
+    # The seed's investigation: the vLLM release this run's engine is (its own virtualenv, see
+    # ``engine_python``); None for the demo's in-process engines.
+    release: str | None = None
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -136,6 +141,66 @@ SCENARIOS: dict[str, Scenario] = {
 StepCallback = Callable[[str, int, int, float], None]
 
 
+# The seed's migration, on its own engines: the same model, prompts and seeds through vLLM 0.8.5
+# (V0), 0.18.1 (V1) with its defaults, and V1 with each of the fixes the seed's team found. The
+# engines compute in float32 (0.8.5 refuses V1 for float32 on CPU anyway), so what differs is
+# only the logprob semantics and the prefix cache. A V1 trainer written for V0 does not reset
+# the prefix cache after a weight update: V0 had no prefix caching to reset.
+_V1_DEFAULT = EngineSettings(
+    logprobs_mode="raw_logprobs", prefix_caching=True, reset_prefix_cache_on_update=False
+)
+SEED_SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in [
+        Scenario(
+            "v0",
+            "vLLM 0.8.5 (V0) with its defaults: the run before the migration",
+            _REFERENCE,
+            release="0.8.5",
+        ),
+        Scenario(
+            "v1-default",
+            "vLLM 0.18.1 (V1) with its defaults: raw logprobs, prefix caching on (never reset)",
+            _V1_DEFAULT,
+            cause="logprobs_semantics",
+            release="0.18.1",
+        ),
+        Scenario(
+            "v1-processed",
+            "V1 with logprobs_mode=processed_logprobs; prefix caching still on, never reset",
+            replace(_V1_DEFAULT, logprobs_mode="processed_logprobs"),
+            cause="stale_prefix_cache",
+            release="0.18.1",
+        ),
+        Scenario(
+            "v1-no-prefix-cache",
+            "V1 with enable_prefix_caching=False; raw logprobs still",
+            replace(_V1_DEFAULT, prefix_caching=False),
+            cause="logprobs_semantics",
+            release="0.18.1",
+        ),
+        Scenario(
+            "v1-fixed",
+            "V1 with processed logprobs and a prefix-cache reset after every weight update",
+            replace(_V1_DEFAULT, logprobs_mode="processed_logprobs", reset_prefix_cache_on_update=True),
+            release="0.18.1",
+        ),
+    ]
+}
+
+
+def engine_python(release: str) -> Path:
+    """The interpreter of the virtualenv ``make engines`` built for ``release``: ``$LOGPROBE_ENGINES``
+    or ``.engines`` in this checkout."""
+    home = Path(os.environ.get("LOGPROBE_ENGINES") or Path(__file__).resolve().parents[2] / ".engines")
+    python = home / f"vllm-{release}" / "bin" / "logprobe-python"
+    if not (home / f"vllm-{release}" / ".collectors").exists():
+        raise FileNotFoundError(
+            f"vLLM {release} is not installed under {home} with logprobe's collectors: run `make engines`"
+        )
+    return python
+
+
 def supported(scenario: Scenario, engine: str) -> bool:
     """Whether ``engine`` can play ``scenario``: the offline vLLM ``LLM`` generates a batch in one
     blocking call, so a weight update cannot land in the middle of one (that needs ``AsyncLLM``)."""
@@ -180,6 +245,8 @@ def run_scenario(
     reference = copy.deepcopy(policy).eval()
     optimizer = torch.optim.Adam(policy.parameters(), lr=LEARNING_RATE)
     model_dir = workdir / f"model-{scenario.name}"
+    if scenario.release is not None:
+        engine_kind = "vllm"
     if engine_kind == "vllm":
         policy.save_pretrained(model_dir)
         task.tokenizer.save_pretrained(model_dir)
@@ -196,19 +263,27 @@ def run_scenario(
         "clip_eps": CLIP_EPS,
         "engine_settings": asdict(scenario.engine),
         "switch_to": asdict(scenario.switch_to) if scenario.switch_to else None,
+        "release": scenario.release,
     }
+    if scenario.release is None:
+        run_id, tags = f"demo-{engine_kind}-{scenario.name}", ["demo", engine_kind, scenario.name]
+        # Every scenario is judged against the healthy run of its engine (trained first).
+        reference_run = None if scenario.name == "reference" else f"demo-{engine_kind}-reference"
+    else:  # the seed's runs are judged against the run before the migration
+        run_id, tags = f"seed-{scenario.name}", ["seed", f"vllm-{scenario.release}", scenario.name]
+        reference_run = None if scenario.name == "v0" else "seed-v0"
     run = collectors.init(
-        run_id=f"demo-{engine_kind}-{scenario.name}",
+        run_id=run_id,
         root=root,
         name=scenario.name,
         project=PROJECT,
         config=config,
-        tags=["demo", engine_kind, scenario.name],
+        tags=tags,
         alerts=True,  # the shipped rules and the detectors, inline: alerts and findings as they happen
-        # Every scenario is judged against the healthy run of its engine (trained first).
-        reference=None if scenario.name == "reference" else f"demo-{engine_kind}-reference",
+        reference=reference_run,
     )
-    engines = [_make_engine(engine_kind, scenario.engine, policy, model_dir, seed, run)]
+    make = functools.partial(_make_engine, engine_kind, release=scenario.release, workdir=workdir)
+    engines = [make(scenario.engine, policy, model_dir, seed, run)]
     engine = engines[0]
     history = {0: _snapshot(policy)} if scenario.policy_lag else {}  # recent weights by policy version
     believed = 0  # the version the trainer thinks the engine serves
@@ -220,7 +295,7 @@ def run_scenario(
             if scenario.switch_to is not None and step == steps // 2:
                 # A restart with other flags, the way a version bump lands mid-run. The old engine is
                 # kept alive: in-process vLLM engines share state that a shutdown would tear down.
-                engine = _make_engine(engine_kind, scenario.switch_to, policy, model_dir, seed, run)
+                engine = make(scenario.switch_to, policy, model_dir, seed, run)
                 engines.append(engine)
                 engine.push_weights(policy.state_dict(), version=step)
                 engine.record(run, step)
@@ -250,8 +325,20 @@ def run_scenario(
 
 
 def _make_engine(
-    kind: str, settings: EngineSettings, policy: Any, model_dir: Path, seed: int, run: collectors.Run
+    kind: str,
+    settings: EngineSettings,
+    policy: Any,
+    model_dir: Path,
+    seed: int,
+    run: collectors.Run,
+    *,
+    release: str | None = None,
+    workdir: Path | None = None,
 ) -> RolloutEngine:
+    if release is not None:
+        return RemoteVllmEngine(
+            str(engine_python(release)), model_dir, settings, run, workdir or model_dir, seed
+        )
     if kind == "torch":
         return TorchSampler(policy, settings)
     if kind == "vllm":

@@ -25,12 +25,17 @@ class WorkerError(RuntimeError):
 class EngineWorker:
     """A running worker; each method is one request and returns its reply."""
 
-    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, python: str | None = None, env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        """``args`` start another worker that speaks the same framing (``ok`` and ``error`` in each
+        reply), such as the demo's rollout worker; default: the replay worker script."""
         self.python = python or sys.executable
+        self.what = "the replay worker" if args is None else "the worker"
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (vLLM's chatter, for error messages; closed in close())
         try:
             self._proc = subprocess.Popen(
-                [self.python, str(WORKER)],
+                [self.python, *(args if args is not None else [str(WORKER)])],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._log,
@@ -39,7 +44,7 @@ class EngineWorker:
                 bufsize=1,
             )
         except OSError as exc:
-            raise WorkerError(f"cannot start the replay worker with {self.python}: {exc}") from exc
+            raise WorkerError(f"cannot start {self.what} with {self.python}: {exc}") from exc
         self.info = self.request("hello")
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -53,7 +58,7 @@ class EngineWorker:
         if not line:
             self._proc.wait(timeout=30)
             raise WorkerError(
-                f"the replay worker ({self.python}) exited with code {self._proc.returncode} during "
+                f"{self.what} ({self.python}) exited with code {self._proc.returncode} during "
                 f"{op!r}; its last output:\n{self.log_tail()}"
             )
         reply = json.loads(line)
