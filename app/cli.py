@@ -623,7 +623,15 @@ def diagnose(root: str, run_id: str, reference: str | None, fmt: str) -> None:
 @click.option("--step", "steps", type=int, multiple=True, help="A logged step to replay (repeatable).")
 @click.option("--vary", multiple=True, help="A setting to change (repeatable; default: the applicable five).")
 @click.option("--reference", default=None, help="Reach this run's level (default: the recorded reference).")
-@click.option("--python", "python", default=None, help="Interpreter hosting the engine (another vLLM).")
+@click.option(
+    "--python",
+    "python",
+    default=None,
+    help="Interpreter hosting the engine (another vLLM), or vllm==RELEASE.",
+)
+@click.option(
+    "--reference-python", default=None, help="Interpreter for the reference run's engine (another release)."
+)
 @click.option("--no-write", is_flag=True, help="Do not store the variants as runs.")
 @click.option(
     "--format",
@@ -641,6 +649,7 @@ def replay(
     vary: tuple[str, ...],
     reference: str | None,
     python: str | None,
+    reference_python: str | None,
     no_write: bool,
     fmt: str,
 ) -> None:
@@ -657,6 +666,7 @@ def replay(
     args += [a for v in vary for a in ("--vary", v)]
     args += ["--reference", reference] if reference else []
     args += ["--python", python] if python else []
+    args += ["--reference-python", reference_python] if reference_python else []
     args += ["--no-write"] if no_write else []
     proc = subprocess.Popen(
         [sys.executable, "-m", "collectors.replay", *args],

@@ -19,7 +19,6 @@ from collectors.demo._loop import (
     SEED_SCENARIOS,
     Scenario,
     StepCallback,
-    engine_python,
     run_scenario,
 )
 
@@ -64,6 +63,5 @@ __all__ = [
     "Scenario",
     "TorchSampler",
     "VllmEngine",
-    "engine_python",
     "run_demo",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import collectors
 from collectors.demo._engines import EngineSettings, RemoteVllmEngine, RolloutEngine, TorchSampler, VllmEngine
 from collectors.demo._task import RESPONSE_TOKENS, TARGETS, Task, build_task
+from collectors.replay import engine_python
 
 PROMPTS_PER_STEP = 16
 GROUP_SIZE = 4
@@ -49,7 +49,7 @@ class Scenario:
     cause: str | None = None
     onset: int = 0
     # The seed's investigation: the vLLM release this run's engine is (its own virtualenv, see
-    # ``engine_python``); None for the demo's in-process engines.
+    # ``collectors.replay.engine_python``); None for the demo's in-process engines.
     release: str | None = None
 
 
@@ -187,18 +187,6 @@ SEED_SCENARIOS: dict[str, Scenario] = {
         ),
     ]
 }
-
-
-def engine_python(release: str) -> Path:
-    """The interpreter of the virtualenv ``make engines`` built for ``release``: ``$LOGPROBE_ENGINES``
-    or ``.engines`` in this checkout."""
-    home = Path(os.environ.get("LOGPROBE_ENGINES") or Path(__file__).resolve().parents[2] / ".engines")
-    python = home / f"vllm-{release}" / "bin" / "logprobe-python"
-    if not (home / f"vllm-{release}" / ".collectors").exists():
-        raise FileNotFoundError(
-            f"vLLM {release} is not installed under {home} with logprobe's collectors: run `make engines`"
-        )
-    return python
 
 
 def supported(scenario: Scenario, engine: str) -> bool:

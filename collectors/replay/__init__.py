@@ -6,7 +6,7 @@ as a run of source ``replay``. ``python -m collectors.replay`` is the command be
 replay``.
 """
 
-from collectors.replay._client import EngineWorker, WorkerError
+from collectors.replay._client import EngineWorker, WorkerError, engine_python
 from collectors.replay._plan import CANDIDATES, Plan, ReplayError, Settings, candidate_changes, plan_replay
 from collectors.replay._replay import Report, Variant, Verdict, replay
 
@@ -21,6 +21,7 @@ __all__ = [
     "Verdict",
     "WorkerError",
     "candidate_changes",
+    "engine_python",
     "plan_replay",
     "replay",
 ]

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.step,
             vary=args.vary,
             python=args.python,
+            reference_python=args.reference_python,
             reference=args.reference,
             trainer_dtype=args.trainer_dtype,
             write=not args.no_write,
@@ -68,7 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--step", type=int, action="append", help="a logged step to replay (repeatable; default: the latest)")
     add("--vary", action="append", choices=list(CANDIDATES), help="a setting to change (repeatable)")
     add("--reference", help="the run whose level to reach (default: the recorded one); `floor`: the floor")
-    add("--python", help="the interpreter that hosts the engine (a virtualenv with another vLLM)")
+    add(
+        "--python",
+        help="the interpreter that hosts the engine (a virtualenv with another vLLM), or vllm==RELEASE",
+    )
+    add(
+        "--reference-python",
+        help="the interpreter for the reference run's engine, where it ran on another release",
+    )
     add("--trainer-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     add("--format", choices=["md", "json"], default="md")
     add("--output", help="write the report here instead of stdout")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,20 @@ from pathlib import Path
 from typing import IO, Any
 
 WORKER = Path(__file__).with_name("worker.py")
+
+
+def engine_python(spec: str) -> str:
+    """An interpreter path, or ``vllm==RELEASE`` for the virtualenv ``make engines`` built for that
+    release (under ``$LOGPROBE_ENGINES``, default ``.engines`` in this checkout)."""
+    if not spec.startswith("vllm=="):
+        return spec
+    release = spec.removeprefix("vllm==")
+    home = Path(os.environ.get("LOGPROBE_ENGINES") or Path(__file__).resolve().parents[2] / ".engines")
+    if not (home / f"vllm-{release}" / ".collectors").exists():
+        raise WorkerError(
+            f"vLLM {release} is not installed under {home} with logprobe's collectors: run `make engines`"
+        )
+    return str(home / f"vllm-{release}" / "bin" / "logprobe-python")
 
 
 class WorkerError(RuntimeError):

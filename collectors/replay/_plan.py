@@ -312,8 +312,10 @@ def _settings_at(
     resolved at close, before any generate) carries no evidence either way."""
     row = next((e for e in reversed(engines) if (e["step_first"] or 0) <= step), engines[0])
     flags = json.loads(row["flags"] or "{}")
-    model_cfg = flags.get("model_config") or {}
-    scheduler = flags.get("scheduler_config") or {}
+    # Sub-configs that were not dataclasses in the recording release (0.8.5's ModelConfig) are
+    # stored as their repr: nothing to read from them.
+    model_cfg = flags.get("model_config") if isinstance(flags.get("model_config"), dict) else {}
+    scheduler = flags.get("scheduler_config") if isinstance(flags.get("scheduler_config"), dict) else {}
     sampling: dict[str, Any] = {k: flags[k] for k in ("temperature", "top_p", "top_k") if k in flags}
     reset = flags.get("reset_prefix_cache_on_update")
     for e in events:

@@ -20,6 +20,9 @@ def markdown(report: Any) -> str:
         f"Engine: vLLM {report.worker.get('vllm')} under {report.worker.get('executable')}; "
         f"{sum(1 for x in report.variants if not x.error)} variants in {report.seconds:.0f} s.",
     ]
+    if report.reference_worker:
+        other = report.reference_worker
+        lines.append(f"Reference engine: vLLM {other.get('vllm')} under {other.get('executable')}.")
     logged = report.recorded.get("mismatch/abs_logp_diff_mean")
     if logged is not None:
         lines.append(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import storage
-from collectors.replay._client import EngineWorker, WorkerError
+from collectors.replay._client import EngineWorker, WorkerError, engine_python
 from collectors.replay._plan import (
     CANDIDATES,
     Plan,
@@ -109,12 +109,14 @@ class Report:
     verdict: Verdict
     seconds: float
     notes: list[str]
+    reference_worker: dict[str, Any] | None = None  # where the reference ran on another interpreter
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run": self.run,
             "steps": self.steps,
             "worker": self.worker,
+            "reference_worker": self.reference_worker,
             "recorded": self.recorded,
             "reproduced": self.reproduced,
             "variants": [v.as_dict() for v in self.variants],
@@ -134,11 +136,17 @@ def replay(
     vary: list[str] | None = None,
     python: str | None = None,
     reference: str | None = None,
+    reference_python: str | None = None,
     trainer_dtype: str = "float32",
     write: bool = True,
     on_progress: Progress | None = None,
 ) -> Report:
-    """Replay ``run``; see the module docstring. ``python`` hosts the engine (default: this one)."""
+    """Replay ``run``; see the module docstring. ``python`` hosts the engine (default: this one);
+    ``reference_python`` hosts the reference run's, where that ran on another release (the seed's
+    V0 run against a V1 run: each replayed on its own engine, in one report). Either may be
+    ``vllm==RELEASE`` for an engine ``make engines`` installed."""
+    python = engine_python(python) if python else None
+    reference_python = engine_python(reference_python) if reference_python else None
     started = time.perf_counter()
     progress = on_progress or (lambda event: None)
     with storage.Store(root) as store:
@@ -164,10 +172,19 @@ def replay(
     progress({"phase": "trainer", "run": run, "variants": total})
     trainer = _trainer_scores(plan, trainer_dtype)
     ref_trainer = _trainer_scores(ref_plan, trainer_dtype)
+    reference_worker = None
     with EngineWorker(python) as worker:
         for i, variant in enumerate([*variants, *targets]):
             progress({"phase": "variant", "name": variant.name, "index": i, "total": total})
-            _score(worker, ref_plan if variant is ref and ref_plan is not None else plan, variant)
+            if variant is ref and ref_plan is not None:
+                if reference_python:
+                    with EngineWorker(reference_python) as other:
+                        _score(other, ref_plan, variant)
+                        reference_worker = other.info
+                else:
+                    _score(worker, ref_plan, variant)
+            else:
+                _score(worker, plan, variant)
         for v in [*variants, *floors]:
             _measure(v, plan, trainer)
         if ref is not None and ref_plan is not None:
@@ -201,6 +218,7 @@ def replay(
         verdict=verdict,
         seconds=time.perf_counter() - started,
         notes=notes,
+        reference_worker=reference_worker,
     )
 
 
