@@ -267,10 +267,11 @@ def _compact_round(
 @root_option
 @click.option(
     "--engine",
-    type=click.Choice(["torch", "vllm"]),
     default="torch",
     show_default=True,
-    help="Rollout engine: a PyTorch sampler (fast) or the real vLLM (needs the vLLM extra).",
+    help="Rollout engine: torch (a PyTorch sampler, fast), vllm (the real vLLM, needs the vLLM "
+    "extra), or the seed's releases, vllm==0.8.5,vllm==0.18.1 (each in the virtualenv `make "
+    "engines` built: the seed's investigation, runs seed-*).",
 )
 @click.option("--steps", default=24, show_default=True, help="Training steps per scenario.")
 @click.option("--scenarios", "scenarios", multiple=True, help="Scenario to run (repeatable). Default: all.")
@@ -283,14 +284,20 @@ def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: i
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if engine not in ("torch", "vllm") and not engine.startswith("vllm=="):
+        raise click.BadParameter(
+            f"{engine!r}: choose torch, vllm, or vllm==RELEASE[,vllm==RELEASE]", param_hint="--engine"
+        )
     playable = json.loads(_demo_child("--list", "--engine", engine).stdout)
     chosen = list(scenarios) or list(playable)
     refused = [name for name in chosen if name not in playable]
     if refused:
-        raise click.UsageError(
-            f"the {engine} engine cannot play {', '.join(refused)}: the offline vLLM "
-            "engine cannot take a weight update in the middle of a batch"
+        why = (
+            "the offline vLLM engine cannot take a weight update in the middle of a batch"
+            if engine in ("torch", "vllm")
+            else f"the seed's runs on these releases are {', '.join(playable)}"
         )
+        raise click.UsageError(f"the {engine} engine cannot play {', '.join(refused)}: {why}")
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description:<24}"),

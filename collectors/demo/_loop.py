@@ -325,7 +325,7 @@ def _make_engine(
 ) -> RolloutEngine:
     if release is not None:
         return RemoteVllmEngine(
-            str(engine_python(release)), model_dir, settings, run, workdir or model_dir, seed
+            engine_python(f"vllm=={release}"), model_dir, settings, run, workdir or model_dir, seed
         )
     if kind == "torch":
         return TorchSampler(policy, settings)
