@@ -145,3 +145,38 @@ def test_replay_across_the_two_releases_restores_v0_parity(seed_root: Path) -> N
         and report["levels"]["reference"]["metrics"]["mismatch/abs_logp_diff_mean"] < 1e-5
     )
     assert report["reproduced"] < 1e-5
+
+
+@pytest.mark.browser
+def test_the_dashboard_shows_v1_diverging_from_v0(seed_root: Path, tmp_path: Path) -> None:
+    """The Metrics page over the three runs, and the Diagnosis page on V1's default, in Chromium
+    (the README's seed screenshots: ``make screenshots``)."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)"
+    )
+    from tests.app.test_dashboard import ARGS, CHROMIUM, EXCEPTION, _screenshot, _serve
+
+    proc, url = _serve(seed_root)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(f"{url}/metrics?runs={','.join(f'seed-{r}' for r in RUNS)}")
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=90_000)
+            for run in RUNS:  # every run is in the charts' legends
+                page.locator(".js-plotly-plot").first.get_by_text(f"seed-{run}").first.wait_for(
+                    timeout=30_000
+                )
+            page.wait_for_timeout(1500)
+            assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
+            _screenshot(page, tmp_path, "seed-metrics")
+            page.goto(f"{url}/diagnosis?runs=seed-v1-default")
+            page.get_by_text("Raw vs processed logprobs").first.wait_for(timeout=90_000)
+            page.get_by_text("Evidence").first.wait_for(timeout=30_000)
+            page.wait_for_timeout(1500)
+            assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
+            _screenshot(page, tmp_path, "seed-diagnosis")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
