@@ -57,6 +57,7 @@ seed: engines
 	rm -rf $(SEED_DIR)
 	$(BIN)/logprobe demo --engine vllm==0.8.5,vllm==0.18.1 --root $(SEED_DIR)
 	$(BIN)/logprobe query --root $(SEED_DIR) "$(SEED_SUMMARY)"
+	$(BIN)/python -m collectors.demo.seed_figures
 	$(BIN)/logprobe diagnose --root $(SEED_DIR) --run seed-v1-default
 	$(BIN)/logprobe replay --root $(SEED_DIR) --run seed-v1-default --python vllm==0.18.1 --reference-python vllm==0.8.5
 	$(BIN)/logprobe ui --root $(SEED_DIR) --port $(UI_PORT)

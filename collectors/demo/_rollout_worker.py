@@ -9,7 +9,7 @@ real engine: ``record_engine`` and ``watch``. The trainer only sends prompts and
 Requests (every reply carries ``ok``, and ``error`` when it is false):
 
 - ``hello`` → ``{vllm, python}``
-- ``start {model, settings, seed, root, run_id}``: the engine, with the demo's
+- ``start {model, settings, seed, root?, run_id?}``: the engine, with the demo's
   :class:`EngineSettings` as far as the release has them (V0 has no ``logprobs_mode``: it returns
   processed logprobs; prefix caching needs IPEX on V0's CPU backend, so it stays off there)
 - ``record {step}`` → the engines row's ``fingerprint``, ``engine_generation``, ``logprobs_mode``
@@ -45,7 +45,12 @@ class RolloutWorker:
         return {"vllm": vllm.__version__, "python": sys.executable}
 
     def start(
-        self, model: str, settings: dict[str, Any], seed: int, root: str, run_id: str
+        self,
+        model: str,
+        settings: dict[str, Any],
+        seed: int,
+        root: str | None = None,
+        run_id: str | None = None,
     ) -> dict[str, Any]:
         import vllm
 
@@ -69,27 +74,37 @@ class RolloutWorker:
         if not self.v0:
             args["logprobs_mode"] = settings["logprobs_mode"]
         self.llm = vllm.LLM(**args)
-        self.run = collectors.init(
-            run_id=run_id, root=root, source="rollout", worker=f"vllm-{vllm.__version__}"
-        )
-        self.watcher = lpv.watch(self.run, self.llm)
+        if root is not None and run_id is not None:  # without them: an engine that only samples
+            release = vllm.__version__
+            self.run = collectors.init(run_id=run_id, root=root, source="rollout", worker=f"vllm-{release}")
+            self.watcher = lpv.watch(self.run, self.llm)
         return {"v0": self.v0}
 
     def record(self, step: int) -> dict[str, Any]:
         import collectors.vllm as lpv
 
+        if self.run is None:
+            raise RuntimeError("started without a run: nothing to record into")
         self.watcher.step = step
         row = lpv.record_engine(self.run, self.llm, step=step)
         return {k: row[k] for k in ("fingerprint", "engine_generation", "logprobs_mode", "vllm_version")}
 
     def generate(
-        self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float, step: int
+        self,
+        prompts: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        step: int = 0,
+        seed: int | None = None,
     ) -> dict[str, Any]:
         import vllm
 
         import collectors.vllm as lpv
 
-        self.watcher.step = step
+        if self.watcher is not None:
+            self.watcher.step = step
         params = vllm.SamplingParams(
             n=n,
             temperature=temperature,
@@ -98,6 +113,7 @@ class RolloutWorker:
             logprobs=0,
             ignore_eos=True,
             detokenize=False,
+            seed=seed,
         )
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         batch = lpv.rollout_batch(outputs)
@@ -108,7 +124,8 @@ class RolloutWorker:
         from safetensors.torch import load_file
 
         weights = list(load_file(path).items())
-        self.watcher.weight_version = version
+        if self.watcher is not None:
+            self.watcher.weight_version = version
         worker = self.llm.llm_engine.model_executor.driver_worker
         if self.v0:  # V0-era trainers loaded into the model in place (no reload_weights before 0.11)
             inner = getattr(worker, "worker", worker)
