@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-data
 UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-vllm seed engines test reliability reliability-long lint format bench screenshots clean
+.PHONY: demo demo-vllm seed seed-runs engines test reliability reliability-long lint format bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,14 +53,17 @@ DEMO_SUMMARY := SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/k3') AS
 ## seed: the seed's investigation on its own engines: vLLM 0.8.5 (V0), 0.18.1 (V1) with its defaults
 ## and with each fix, one store; the figures, the diagnosis, a replay across the two releases, the dashboard
 SEED_DIR ?= seed-data
-seed: engines
+seed: seed-runs
+	$(BIN)/logprobe ui --root $(SEED_DIR) --port $(UI_PORT)
+
+## seed-runs: the same without the dashboard at the end
+seed-runs: engines
 	rm -rf $(SEED_DIR)
 	$(BIN)/logprobe demo --engine vllm==0.8.5,vllm==0.18.1 --root $(SEED_DIR)
 	$(BIN)/logprobe query --root $(SEED_DIR) "$(SEED_SUMMARY)"
 	$(BIN)/python -m collectors.demo.seed_figures
 	$(BIN)/logprobe diagnose --root $(SEED_DIR) --run seed-v1-default
 	$(BIN)/logprobe replay --root $(SEED_DIR) --run seed-v1-default --python vllm==0.18.1 --reference-python vllm==0.8.5
-	$(BIN)/logprobe ui --root $(SEED_DIR) --port $(UI_PORT)
 
 SEED_SUMMARY := SELECT m.run_id, any_value(e.vllm_version) AS vllm, any_value(e.logprobs_mode) AS logprobs_mode, \
 	any_value(e.enable_prefix_caching) AS prefix_caching, avg(m.value) FILTER (WHERE m.step = 0) AS dlogp_step0, \
@@ -102,4 +105,4 @@ screenshots: $(VENV)/.test
 	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_seed_demo.py -k dashboard
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm $(SEED_DIR) .pytest_cache .ruff_cache

@@ -32,6 +32,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     failed = 0
     for version in args.versions or list(ENGINES):
+        started = time.monotonic()
         try:
             path = install(ENGINES[version], args.root, args.python)
-            print(f"vllm {version}: {path}")
+            print(f"vllm {version}: {path} ({time.monotonic() - started:.0f} s)")
         except StepError as exc:
             print(f"vllm {version}: {exc}", file=sys.stderr)
             failed += 1
