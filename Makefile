@@ -6,7 +6,7 @@ DEMO_DIR ?= demo-data
 UI_PORT ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-vllm seed seed-runs engines test reliability reliability-long lint format bench screenshots clean
+.PHONY: demo demo-vllm seed seed-runs system engines test reliability reliability-long lint format bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,13 +70,17 @@ SEED_SUMMARY := SELECT m.run_id, any_value(e.vllm_version) AS vllm, any_value(e.
 	avg(m.value) AS dlogp_mean, max(m.value) AS dlogp_max \
 	FROM metrics m JOIN engines e USING (run_id) WHERE m.name = 'mismatch/abs_logp_diff_mean' GROUP BY m.run_id ORDER BY m.run_id
 
+## system: the Debian packages the tests need (Chromium, a Java runtime); installed when root
+system:
+	sh scripts/system_deps.sh
+
 ## engines: the seed's vLLM 0.8.5 (V0) and 0.18.1 (V1), each in its own virtualenv under .engines/
 engines: $(VENV)/.core
 	$(BIN)/python scripts/engines.py --root .engines --python $(PYTHON)
 
 ## test: lint, then the whole suite (real files, real DuckDB, real torch, real processes, and the
 ## replay worker on the seed's own vLLM releases, which `engines` installs once)
-test: $(VENV)/.test engines lint
+test: $(VENV)/.test system engines lint
 	$(BIN)/python -m pytest -q
 
 ## reliability: the fault, load, fuzz and security suite alone (its short version, as in make test)

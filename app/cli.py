@@ -457,6 +457,8 @@ def ui(root: str, port: int, host: str, rules: str | None) -> None:
         str(port),
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",  # no Deploy button: the dashboard is a viewer, not an app to publish
         "--",
         "--root",
         root,

@@ -1,4 +1,5 @@
-"""Code that runs inside the trainer (and, later, inside vLLM processes) and logs to the store.
+"""Code that runs inside the trainer and beside vLLM (its workers and rollout processes) and logs to
+the store.
 
 torch is imported here because every collector works on tensors; vLLM is imported lazily by the
 modules that need it, and the dashboard never imports this package.

@@ -127,6 +127,7 @@ def test_every_page_on_the_demo_runs(demo_server: str, page: object, tmp_path: P
     page.wait_for_timeout(1500)  # let Plotly finish drawing before the screenshot
     assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
     assert page.get_by_text("Page not found").count() == 0
+    assert page.get_by_text("Deploy", exact=True).count() == 0  # Streamlit's toolbar in viewer mode
     _screenshot(page, tmp_path, name)
 
 
