@@ -524,6 +524,19 @@ def import_trackio(project_db: str, root: str, prefix: str) -> None:
     _import(lambda: run_import(project_db, root, prefix=prefix), project_db)
 
 
+@import_.command("wandb")
+@click.argument("directory", type=click.Path(exists=True))
+@root_option
+@click.option(
+    "--prefix", default="wandb", show_default=True, help="Run ids become PREFIX-<project>-<run id>."
+)
+def import_wandb(directory: str, root: str, prefix: str) -> None:
+    """W&B runs: a wandb/ folder, one offline-run-* or run-* folder, or its run-<id>.wandb file."""
+    from storage.importers import import_wandb as run_import
+
+    _import(lambda: run_import(directory, root, prefix=prefix), directory)
+
+
 @main.group()
 def alerts() -> None:
     """Alert rules over the store: watch live runs, list what fired."""

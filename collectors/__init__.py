@@ -11,6 +11,7 @@ from collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, c
 from collectors._rl_stats import rl_stats, token_entropy
 from collectors._run import AlertFiredError, Run, init
 from collectors._signatures import SIGNATURE_METRICS
+from collectors._tap import tap_wandb
 
 __all__ = [
     "HIST_EDGES",
@@ -23,5 +24,6 @@ __all__ = [
     "compute_mismatch",
     "init",
     "rl_stats",
+    "tap_wandb",
     "token_entropy",
 ]
