@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from collectors._run import Run, init
-from storage import map_name
+from storage import SOURCES, map_name
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 class _Mirror:
     """The logprobe side of one W&B run: its step counter and the logprobe run it writes to."""
 
-    def __init__(self, run: Run, owned: bool, starting_step: int) -> None:
-        self.run, self.owned, self.step = run, owned, starting_step
+    def __init__(self, run: Run, owned: bool, starting_step: int, framework: str | None) -> None:
+        self.run, self.owned, self.step, self.framework = run, owned, starting_step, framework
         self.dropped = 0  # values at a step older than the run's, which W&B drops too
 
     def log(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> None:
@@ -41,21 +41,30 @@ class _Mirror:
         at = self.step
         if step is None and commit is not False:
             self.step += 1
-        values = {map_name(k): v for k, v in _numbers(data).items()}
+        values = {map_name(k, self.framework): v for k, v in _numbers(data).items()}
         if values:
             self.run.log(at, values)
 
 
 def tap_wandb(
-    run: Run | None = None, *, root: str | Path | None = None, source: str = "trainer"
+    run: Run | None = None,
+    *,
+    root: str | Path | None = None,
+    framework: str | None = None,
+    source: str = "trainer",
 ) -> Callable[[], None]:
     """Mirror every ``wandb.log`` in this process into logprobe; returns ``untap()``.
+
+    ``framework`` ("verl", "openrlhf", ... : ``storage.SOURCES``) picks that framework's name map
+    alone; by default a name is mapped if any framework's map has it.
 
     With ``run``, values go there; without, each W&B run gets its own logprobe run
     (``wandb-<id>``, its name, project and config), opened on its first ``log`` and closed by its
     ``finish``. Call before or after ``wandb.init``."""
     from wandb.sdk.wandb_run import Run as WandbRun
 
+    if framework is not None and framework not in SOURCES:
+        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(SOURCES)}")
     if getattr(WandbRun.log, "_logprobe_tap", False):
         raise RuntimeError("wandb is already tapped in this process; call the untap() it returned first")
     mirrors: dict[int, _Mirror] = {}
@@ -66,7 +75,7 @@ def tap_wandb(
         if key not in mirrors:
             starting = int(getattr(wb, "starting_step", 0) or 0)
             if run is not None:
-                mirrors[key] = _Mirror(run, False, starting)
+                mirrors[key] = _Mirror(run, False, starting, framework)
             else:
                 config = dict(getattr(wb, "config", {}) or {})
                 opened = init(
@@ -78,7 +87,7 @@ def tap_wandb(
                     tags=["wandb"],
                     source=source,
                 )
-                mirrors[key] = _Mirror(opened, True, starting)
+                mirrors[key] = _Mirror(opened, True, starting, framework)
         return mirrors[key]
 
     @functools.wraps(original_log)

@@ -7,7 +7,7 @@ from storage._compact import CompactReport, compact
 from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
 from storage._live import LiveSeries
 from storage._mirror import cache_root
-from storage._names import TRL, VERL, map_name
+from storage._names import SOURCES, TRL, VERL, map_name
 from storage._queries import (
     DEFAULT_MAX_POINTS,
     X_AXES,
@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_ROOT",
     "ROOT_ENV",
     "SCHEMAS",
+    "SOURCES",
     "TABLES",
     "TRL",
     "VERL",
