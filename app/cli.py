@@ -537,6 +537,30 @@ def import_wandb(directory: str, root: str, prefix: str) -> None:
     _import(lambda: run_import(directory, root, prefix=prefix), directory)
 
 
+@import_.command("prime-rl")
+@click.argument("directory", type=click.Path(exists=True))
+@root_option
+@click.option("--run", "run_id", default=None, help="Run id (default: prime-rl-<folder name>).")
+def import_prime_rl(directory: str, root: str, run_id: str | None) -> None:
+    """prime-rl's per-token export (token_exports/step_N/rank_R.jsonl): every mismatch metric,
+    the worst tokens and sampled sequences, as if logged by the trainer. Runs in a child process
+    (torch)."""
+    args = [directory, "--root", root, *(["--run", run_id] if run_id else [])]
+    proc = subprocess.run(
+        [sys.executable, "-m", "collectors.prime_rl", *args], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise click.UsageError(lines[-1].removeprefix("logprobe import prime-rl: ") if lines else "failed")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    skipped = result["skipped_steps"]
+    Console(stderr=True).print(
+        f"imported {len(result['steps'])} step(s), {result['sequences']:,} sequences from {_term(directory)}"
+        + (f"; skipped {len(skipped)} step(s) still being written (no STABLE): {skipped}" if skipped else "")
+    )
+    click.echo(result["run_id"])
+
+
 @main.group()
 def alerts() -> None:
     """Alert rules over the store: watch live runs, list what fired."""
