@@ -24,8 +24,9 @@ $(VENV)/.vllm: $(VENV)/.core requirements-vllm.txt
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-$(VENV)/.test: $(VENV)/.vllm requirements-test.txt requirements-bench.txt
+$(VENV)/.test: $(VENV)/.vllm requirements-test.txt requirements-bench.txt requirements-verl.txt
 	$(BIN)/pip install -q -r requirements-test.txt
+	rm -rf $(VENV)/verl && $(BIN)/pip install -q --no-deps --target $(VENV)/verl -r requirements-verl.txt
 	touch $@
 
 ## demo: a real mini GRPO run per V0-to-V1 failure mode (PyTorch sampler), then the dashboard over them

@@ -12,6 +12,7 @@ verl itself is not imported here: the backend only needs the dict.
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +35,12 @@ class LogprobeBackend:
         self._owns_run = run is None
         if run is None:
             run = init(project=project_name, name=experiment_name, config=_plain(config), **init_kwargs)
+            # verl's Tracking.finish() finishes only the backends it knows by name, never one added
+            # to its ``logger`` dict: the run this backend opened is closed at exit too (once).
+            atexit.register(self.finish)
         self.run = run
         self._mapped: set[str] = set()
+        self._finished = False
 
     def log(self, data: Mapping[str, Any], step: int) -> None:
         """verl's call: every scalar in ``data`` at ``step`` (its global step, also the policy version)."""
@@ -55,7 +60,9 @@ class LogprobeBackend:
         self.run.log(int(step), metrics, policy_version=int(step))
 
     def finish(self) -> None:
-        if self._owns_run:
+        if self._owns_run and not self._finished:
+            self._finished = True
+            atexit.unregister(self.finish)
             self.run.close()
 
 

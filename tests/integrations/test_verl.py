@@ -1,4 +1,5 @@
-"""The verl tracking backend on metric dicts shaped exactly like verl's (verl need not be installed).
+"""The verl tracking backend on metric dicts shaped exactly like verl's, and driven by verl's own
+``Tracking`` (verl 0.9.1, requirements-verl.txt).
 
 Names and value types follow verl's trainer: numpy and torch scalars, Python floats, and non-scalar
 entries it also passes to every backend (names from docs/research/metrics-in-the-field.md).
@@ -7,14 +8,17 @@ entries it also passes to every backend (names from docs/research/metrics-in-the
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
 from collectors.verl import LogprobeBackend
 from storage import VERL, Store
+from tests.conftest import run_python
 
 
 def _verl_step(step: int) -> dict:
@@ -93,3 +97,44 @@ def test_the_monitor_reads_verl_runs_with_logprobe_rules(tmp_path: Path) -> None
     backend.finish()
     found = monitor.detect_run(Store(tmp_path), "verl-bad")
     assert any(f.metric == "mismatch/abs_prob_diff_mean" and f.severity == "bad" for f in found)
+
+
+VERL_CHILD = """
+import json, sys
+from verl.utils.tracking import Tracking
+from collectors.verl import LogprobeBackend
+
+root, steps = sys.argv[1], json.loads(sys.argv[2])
+tracking = Tracking(project_name="verl-proj", experiment_name="exp-real", default_backend="console")
+tracking.logger["logprobe"] = LogprobeBackend("verl-proj", "exp-real", None, root=root, run_id="verl-real")
+for step, data in enumerate(steps, start=1):
+    tracking.log(data=data, step=step)
+tracking.finish()  # verl finishes only its own backends: ours closes its run at exit
+"""
+
+
+def test_verls_own_tracking_drives_the_backend(tmp_path: Path) -> None:
+    """verl 0.9.1's real ``Tracking`` (requirements-verl.txt), in its own process, with the console
+    backend beside ours: every scalar arrives mapped and exact, and the run is closed although
+    ``Tracking.finish`` never calls our ``finish``."""
+    verl_site = Path(sys.prefix) / "verl"  # make's --target folder (requirements-verl.txt says why)
+    if not (verl_site / "verl" / "utils" / "tracking.py").exists():
+        pytest.skip(f"verl is a test extra installed by make into {verl_site} (requirements-verl.txt)")
+    sent = [
+        {
+            k: float(v.item() if hasattr(v, "item") else v)
+            for k, v in _verl_step(s).items()
+            if not isinstance(v, list)
+        }
+        for s in range(1, 4)
+    ]
+    proc = run_python(
+        VERL_CHILD, str(tmp_path), json.dumps(sent), timeout=180, env={"PYTHONPATH": str(verl_site)}
+    )
+    assert "rollout_corr/k3_kl" in proc.stdout  # verl's console backend printed the same step
+    store = Store(tmp_path)
+    rows = store.sql("SELECT step, name, value FROM metrics WHERE run_id = 'verl-real'").to_pylist()
+    stored = {(r["step"], r["name"]): r["value"] for r in rows}
+    assert stored == {(s, VERL.get(n, n)): v for s, data in enumerate(sent, start=1) for n, v in data.items()}
+    kinds = store.sql("SELECT kind FROM events WHERE run_id = 'verl-real' ORDER BY ts").column(0).to_pylist()
+    assert kinds[-1] == "run_end"
