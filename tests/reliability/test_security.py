@@ -583,7 +583,8 @@ def test_hostile_text_shows_as_text_on_all_pages(
                 page.get_by_role("button", name="Run query").click()
                 page.locator("[data-testid='stAlertContentError']").first.wait_for(timeout=30_000)
             page.wait_for_timeout(1500)  # let Plotly and images (if any were injected) settle
-            assert page.locator("[data-testid='stException']").count() == 0, name
+            exceptions = page.locator("[data-testid='stException']")
+            assert exceptions.count() == 0, (name, exceptions.first.inner_text())
             shown[name] = _check_page(page, name)
         assert not dialogs, f"alert() ran: {dialogs}"
         outside = [u for u in fetched if not u.startswith(hostile_server) and not u.startswith("data:")]
