@@ -12,8 +12,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamp files: reinstall only when a requirements file or pyproject.toml changes.
-$(VENV)/.core: $(BIN)/python requirements.txt requirements-torch.txt pyproject.toml
-	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt
+$(VENV)/.core: $(BIN)/python requirements.txt requirements-torch.txt requirements-dashboard.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt -r requirements-torch.txt -r requirements-dashboard.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
@@ -62,7 +62,7 @@ seed-runs: engines
 	rm -rf $(SEED_DIR)
 	$(BIN)/logprobe demo --engine vllm==0.8.5,vllm==0.18.1 --root $(SEED_DIR)
 	$(BIN)/logprobe query --root $(SEED_DIR) "$(SEED_SUMMARY)"
-	$(BIN)/python -m collectors.demo.seed_figures
+	$(BIN)/python -m logprobe.collectors.demo.seed_figures
 	$(BIN)/logprobe diagnose --root $(SEED_DIR) --run seed-v1-default
 	$(BIN)/logprobe replay --root $(SEED_DIR) --run seed-v1-default --python vllm==0.18.1 --reference-python vllm==0.8.5
 

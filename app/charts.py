@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import monitor
+from logprobe import monitor
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 SEVERITY_COLORS = {"warn": "#ff7f0e", "bad": "#d62728", "error": "#d62728"}

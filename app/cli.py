@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -26,8 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-import monitor
-import storage
+from logprobe import monitor, storage
 
 FORMATS = ("table", "csv", "json")
 root_option = click.option(
@@ -313,7 +313,7 @@ def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: i
                 [
                     sys.executable,
                     "-m",
-                    "collectors.demo",
+                    "logprobe.collectors.demo",
                     name,
                     "--engine",
                     engine,
@@ -339,7 +339,9 @@ def demo(root: str, engine: str, steps: int, scenarios: tuple[str, ...], seed: i
 
 
 def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "collectors.demo", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "logprobe.collectors.demo", *args], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise click.ClickException(
             f"the demo trainer could not start (is torch installed?):\n{proc.stderr[-2000:]}"
@@ -442,6 +444,12 @@ def parity(
 @click.option("--rules", type=click.Path(dir_okay=False), default=None, help="Alert rules TOML to draw.")
 def ui(root: str, port: int, host: str, rules: str | None) -> None:
     """Open the dashboard over the store (Streamlit; Ctrl-C to stop)."""
+    missing = [name for name in ("streamlit", "plotly") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(
+            f"the dashboard needs {' and '.join(missing)}, which this environment lacks: "
+            "pip install 'logprobe[dashboard]' (or '.[dashboard]' in a checkout)"
+        )
     script = Path(__file__).with_name("dashboard.py")
     command = [
         sys.executable,
@@ -493,7 +501,7 @@ def _import(run: Callable[[], Any], what: str) -> None:
 @click.option("--prefix", default="tb", show_default=True, help="Run ids become PREFIX-<subdir>.")
 def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
     """Event files under LOGDIR (one run per directory holding them)."""
-    from storage.importers import import_tensorboard as run_import
+    from logprobe.storage.importers import import_tensorboard as run_import
 
     _import(lambda: run_import(logdir, root, prefix=prefix), logdir)
 
@@ -505,7 +513,7 @@ def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
 @click.option("--prefix", default="mlflow", show_default=True, help="Run ids become PREFIX-<run id>.")
 def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], prefix: str) -> None:
     """Every run of an MLflow tracking store (sqlite:///..., a directory, or a server URL)."""
-    from storage.importers import import_mlflow as run_import
+    from logprobe.storage.importers import import_mlflow as run_import
 
     _import(
         lambda: run_import(tracking_uri, root, experiments=list(experiments) or None, prefix=prefix),
@@ -519,7 +527,7 @@ def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], pr
 @click.option("--prefix", default="trackio", show_default=True, help="Run ids become PREFIX-<run name>.")
 def import_trackio(project_db: str, root: str, prefix: str) -> None:
     """A Trackio project's SQLite file (~/.cache/huggingface/trackio/<project>.db)."""
-    from storage.importers import import_trackio as run_import
+    from logprobe.storage.importers import import_trackio as run_import
 
     _import(lambda: run_import(project_db, root, prefix=prefix), project_db)
 
@@ -532,7 +540,7 @@ def import_trackio(project_db: str, root: str, prefix: str) -> None:
 )
 def import_wandb(directory: str, root: str, prefix: str) -> None:
     """W&B runs: a wandb/ folder, one offline-run-* or run-* folder, or its run-<id>.wandb file."""
-    from storage.importers import import_wandb as run_import
+    from logprobe.storage.importers import import_wandb as run_import
 
     _import(lambda: run_import(directory, root, prefix=prefix), directory)
 
@@ -547,7 +555,7 @@ def import_prime_rl(directory: str, root: str, run_id: str | None) -> None:
     (torch)."""
     args = [directory, "--root", root, *(["--run", run_id] if run_id else [])]
     proc = subprocess.run(
-        [sys.executable, "-m", "collectors.prime_rl", *args], capture_output=True, text=True
+        [sys.executable, "-m", "logprobe.collectors.prime_rl", *args], capture_output=True, text=True
     )
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
@@ -715,7 +723,7 @@ def replay(
     args += ["--reference-python", reference_python] if reference_python else []
     args += ["--no-write"] if no_write else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collectors.replay", *args],
+        [sys.executable, "-m", "logprobe.collectors.replay", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -12,10 +12,9 @@ from functools import partial
 
 import streamlit as st
 
-import monitor
-import storage
-from app.session import STATUSES, Context, literal, store
-from app.views import diagnosis, drift, flags, metrics, parity, runs, sql, tokens
+from logprobe import monitor, storage
+from logprobe.app.session import STATUSES, Context, literal, store
+from logprobe.app.views import diagnosis, drift, flags, metrics, parity, runs, sql, tokens
 
 PAGES = {  # url path -> (title, module)
     "runs": ("Runs", runs),

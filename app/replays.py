@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import storage
+from logprobe import storage
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,17 @@ def start(root: str, run: str) -> Job:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     job = Job(run, folder(root) / f"{run}@{stamp}")
     job.folder.mkdir(parents=True)
-    args = [sys.executable, "-m", "collectors.replay", "--root", str(root), "--run", run, "--format", "json"]
+    args = [
+        sys.executable,
+        "-m",
+        "logprobe.collectors.replay",
+        "--root",
+        str(root),
+        "--run",
+        run,
+        "--format",
+        "json",
+    ]
     args += ["--output", str(job.report_path), "--progress", str(job.folder / "progress.jsonl")]
     with open(job.folder / "stderr.log", "wb") as log:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

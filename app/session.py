@@ -15,8 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-import monitor
-import storage
+from logprobe import monitor, storage
 
 STATUSES = ("live", "finished", "stale")
 # What Streamlit's Markdown (CommonMark, GFM, math, emoji and colour directives) gives a meaning.

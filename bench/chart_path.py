@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-import storage
 from bench.write_path import machine_info, positive_int
+from logprobe import storage
 
 DEFAULT_STEPS = 1_000_000
 DEFAULT_PEER_STEPS = 20_000

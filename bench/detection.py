@@ -61,9 +61,8 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.stats import chi2
 
-import monitor
-import storage
 from bench.write_path import positive_int
+from logprobe import monitor, storage
 
 DETECTORS = ("threshold", "shift", "reference", "spike", "jump", "nonfinite")
 GOAL_PER_10K = 0.1  # false flags per metric per 10,000 healthy steps
@@ -187,7 +186,7 @@ def generate(data: Path, engines: Sequence[str], seeds: Sequence[int], long_step
             continue
         for seed in seeds:
             root = data / f"{engine}-s{seed}"
-            cmd = [sys.executable, "-m", "collectors.demo", "--engine", engine, "--seed", str(seed)]
+            cmd = [sys.executable, "-m", "logprobe.collectors.demo", "--engine", engine, "--seed", str(seed)]
             cmd += ["--root", str(root)]
             print(f"generating {root.name} ...", file=sys.stderr, flush=True)
             with open(data / f"{root.name}.log", "w", encoding="utf-8") as log:
@@ -196,7 +195,7 @@ def generate(data: Path, engines: Sequence[str], seeds: Sequence[int], long_step
                 notes.append(f"the {engine} demo of seed {seed} failed (exit {code}); see its log")
     if long_steps and "torch" in engines:
         root = data / "torch-long"
-        cmd = [sys.executable, "-m", "collectors.demo", *HEALTHY_SCENARIOS, "--engine", "torch"]
+        cmd = [sys.executable, "-m", "logprobe.collectors.demo", *HEALTHY_SCENARIOS, "--engine", "torch"]
         cmd += ["--steps", str(long_steps), "--seed", "7", "--root", str(root)]
         print(f"generating {root.name} ...", file=sys.stderr, flush=True)
         with open(data / "torch-long.log", "w", encoding="utf-8") as log:

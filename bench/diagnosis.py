@@ -27,12 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import monitor
-import storage
 from bench.detection import generate
 from bench.write_path import notes_and_machine
-from collectors.demo import DEFAULT_STEPS, SCENARIOS
-from collectors.demo._loop import supported
+from logprobe import monitor, storage
+from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
+from logprobe.collectors.demo._loop import supported
 
 ENGINES = ("torch", "vllm")
 WITHIN = 3  # steps after the onset by which the cause must be named

@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-import collectors
 from bench.write_path import machine_info, positive_int
-from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, HIST_EDGES, MISMATCH_METRICS
+from logprobe import collectors
+from logprobe.collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, HIST_EDGES, MISMATCH_METRICS
 
 DEFAULT_TOKENS = (1_000_000, 16_000_000)
 DEFAULT_REPEATS = 3
@@ -527,7 +527,7 @@ def tiny_llama(directory: Path) -> torch.nn.Module:
     """The demo's tiny Llama, written by ``build_tiny_model`` and loaded back as a trainer would."""
     from transformers import AutoModelForCausalLM
 
-    from collectors.tiny_model import build_tiny_model
+    from logprobe.collectors.tiny_model import build_tiny_model
 
     return AutoModelForCausalLM.from_pretrained(build_tiny_model(directory / "tiny"))
 

@@ -43,10 +43,8 @@ from typing import Any
 
 import numpy as np
 
-import collectors
-import monitor
-import storage
 from bench.write_path import METRIC_NAMES, machine_info, positive_int
+from logprobe import collectors, monitor, storage
 
 DEFAULT_STEPS = 100
 DEFAULT_FLUSH_INTERVALS = (1.0, 0.1)

@@ -51,9 +51,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import monitor
-import storage
 from bench.write_path import machine_info, positive_int
+from logprobe import monitor, storage
 
 DEFAULT_STEPS = (10_000, 100_000, 1_000_000)
 DEFAULT_METRICS = 20

@@ -59,11 +59,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-import collectors
-import storage
 from bench.write_path import machine_info, make_workload, metric_names, positive_int
-from storage._mirror import CACHE_ENV, COLD_PER_SYNC, HOT_S
-from storage._objectstore import ObjectRoot
+from logprobe import collectors, storage
+from logprobe.storage._mirror import CACHE_ENV, COLD_PER_SYNC, HOT_S
+from logprobe.storage._objectstore import ObjectRoot
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "object_store.md"
 N_METRICS = 20

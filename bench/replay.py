@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.write_path import notes_and_machine
-from collectors.demo import DEFAULT_STEPS, SCENARIOS
-from collectors.demo._loop import supported
+from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
+from logprobe.collectors.demo._loop import supported
 
 EXPECTED: dict[str, dict[str, Any]] = {
     "reference": {},
@@ -50,7 +50,17 @@ GOAL_S = 180.0  # the issue's goal for five variants on the tiny model
 def replay_run(root: Path, run: str) -> tuple[dict[str, Any], float]:
     began = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "collectors.replay", "--root", str(root), "--run", run, "--format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "logprobe.collectors.replay",
+            "--root",
+            str(root),
+            "--run",
+            run,
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
     )
@@ -85,7 +95,16 @@ def generate(data: Path, seeds: Sequence[int], scenarios: Sequence[str], steps: 
     notes = []
     for seed in seeds:
         root = data / f"vllm-s{seed}"
-        cmd = [sys.executable, "-m", "collectors.demo", *scenarios, "--engine", "vllm", "--seed", str(seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "logprobe.collectors.demo",
+            *scenarios,
+            "--engine",
+            "vllm",
+            "--seed",
+            str(seed),
+        ]
         cmd += ["--steps", str(steps), "--root", str(root)]
         print(f"generating {root.name} ...", file=sys.stderr, flush=True)
         with open(data / f"{root.name}.log", "w", encoding="utf-8") as log:

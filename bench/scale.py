@@ -51,8 +51,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import storage
 from bench.write_path import METRIC_NAMES, machine_info, positive_int
+from logprobe import storage
 
 DEFAULT_RUNS = 100
 DEFAULT_STEPS = 100_000

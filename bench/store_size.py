@@ -54,9 +54,8 @@ from typing import Any
 
 import numpy as np
 
-import collectors
-import storage
 from bench.write_path import machine_info, positive_int
+from logprobe import collectors, storage
 
 DEFAULT_STEPS = 2_000
 DEFAULT_SEQS = 8

@@ -289,8 +289,7 @@ def measure_logprobe(workload: Sequence[dict[str, float]], data: Path, result: T
     """``collectors.init`` / ``Run.log`` / ``Run.close`` exactly as a trainer calls them."""
     import pyarrow.compute as pc
 
-    import collectors
-    import storage
+    from logprobe import collectors, storage
 
     names = list(workload[0])
     t0 = time.perf_counter_ns()

@@ -47,8 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import collectors
-import storage
+from logprobe import collectors, storage
 
 DEFAULT_STEPS = 10_000
 DEFAULT_METRICS = 20

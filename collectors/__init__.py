@@ -5,13 +5,12 @@ torch is imported here because every collector works on tensors; vLLM is importe
 modules that need it, and the dashboard never imports this package.
 """
 
-__version__ = "0.1.0"
-
-from collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, compute_mismatch
-from collectors._rl_stats import rl_stats, token_entropy
-from collectors._run import AlertFiredError, Run, init
-from collectors._signatures import SIGNATURE_METRICS
-from collectors._tap import tap_wandb
+from logprobe import __version__
+from logprobe.collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, MismatchResult, compute_mismatch
+from logprobe.collectors._rl_stats import rl_stats, token_entropy
+from logprobe.collectors._run import AlertFiredError, Run, init
+from logprobe.collectors._signatures import SIGNATURE_METRICS
+from logprobe.collectors._tap import tap_wandb
 
 __all__ = [
     "HIST_EDGES",

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from collectors._signatures import (
+from logprobe.collectors._signatures import (
     LAG_METRICS,
     SIGNATURE_METRICS,
     TOKEN_ID_METRIC,
@@ -22,7 +22,15 @@ from collectors._signatures import (
     token_id_term,
     token_sample,
 )
-from collectors._tensors import Segments, as_mask, as_tensor, real_number, same_shape, segments, whole_number
+from logprobe.collectors._tensors import (
+    Segments,
+    as_mask,
+    as_tensor,
+    real_number,
+    same_shape,
+    segments,
+    whole_number,
+)
 
 DEFAULT_EPS = 0.2
 DEFAULT_C = 2.0

@@ -18,9 +18,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_SAMPLES, DEFAULT_TOP_K, compute_mismatch
-from collectors._tensors import real_number, short_repr, whole_number
-from storage import SCHEMAS, Writer, check_name
+from logprobe.collectors._mismatch import (
+    DEFAULT_C,
+    DEFAULT_EPS,
+    DEFAULT_SAMPLES,
+    DEFAULT_TOP_K,
+    compute_mismatch,
+)
+from logprobe.collectors._tensors import real_number, short_repr, whole_number
+from logprobe.storage import SCHEMAS, Writer, check_name
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +370,7 @@ def init(
         run.evidence = _evidence_window(writer, run_id, reference)
         engine.explain = run._explain
         run.event("monitor", by="inline", reference=reference)
-    from collectors import __version__
+    from logprobe import __version__
 
     writer.append(
         "runs",
@@ -504,7 +510,7 @@ def _alert_engine(alerts: Any) -> Any:
     if alerts is None or alerts is False:
         return None
     # The rule engine is pure Python shared with the store watcher; imported only when asked for.
-    import monitor
+    from logprobe import monitor
 
     if alerts is True:
         return monitor.AlertEngine()
@@ -520,8 +526,7 @@ def _alert_engine(alerts: Any) -> Any:
 def _detectors(writer: Writer, run_id: str, reference: str | None) -> Any:
     """The inline RunMonitor, judged against ``reference`` when that run has metrics in the store;
     a store that cannot be read only costs the reference comparison, never the run."""
-    import monitor
-    import storage
+    from logprobe import monitor, storage
 
     ref = None
     if reference is not None:
@@ -538,8 +543,7 @@ def _detectors(writer: Writer, run_id: str, reference: str | None) -> Any:
 def _evidence_window(writer: Writer, run_id: str, reference: str | None) -> Any:
     """The window that names causes inline, judged against the reference's level (its 90th
     percentile of mean |d|) when that run is in the store."""
-    import monitor
-    import storage
+    from logprobe import monitor, storage
 
     level = median = None
     if reference is not None:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from collectors._run import Run, init
-from storage import SOURCES, map_name
+from logprobe.collectors._run import Run, init
+from logprobe.storage import SOURCES, map_name
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def import_token_export(
 ) -> ExportImport:
     """Import every finished step under ``directory`` (the run's output dir, its ``token_exports``,
     or one ``step_<N>`` folder) into ``run_id`` (default ``prime-rl-<folder name>``)."""
-    import collectors
+    from logprobe import collectors
 
     base = Path(directory)
     if not base.exists():

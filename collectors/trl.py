@@ -25,8 +25,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from collectors._run import Run, init
-from storage import map_name
+from logprobe.collectors._run import Run, init
+from logprobe.storage import map_name
+
+__all__ = ["LogprobeCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class LogprobeCallback(TrainerCallback):
             self.run.event("trainer_config", step=state.global_step, **config)
         llm = getattr(getattr(self.trainer, "vllm_generation", None), "llm", None)  # colocate mode
         if llm is not None:
-            import collectors.vllm as lpv
+            import logprobe.collectors.vllm as lpv
 
             lpv.record_engine(self.run, llm, step=state.global_step)
 

@@ -16,8 +16,10 @@ import atexit
 from collections.abc import Mapping
 from typing import Any
 
-from collectors._run import Run, init
-from storage import map_name
+from logprobe.collectors._run import Run, init
+from logprobe.storage import map_name
+
+__all__ = ["LogprobeBackend"]
 
 
 class LogprobeBackend:

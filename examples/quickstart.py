@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-import collectors
+import logprobe
 
 VOCAB, PROMPT, RESPONSE, BATCH, TEMPERATURE = 32, 4, 12, 32, 0.7
 SCENARIOS = {
@@ -70,7 +70,7 @@ def train(name: str, steps: int, root: str | None, seed: int = 0) -> None:
     reference = copy.deepcopy(policy).eval()
     optimizer = torch.optim.Adam(policy.parameters(), lr=3e-3)
     config = {"scenario": name, "lr": 3e-3, "batch": BATCH, "temperature": TEMPERATURE, "seed": seed}
-    with collectors.init(
+    with logprobe.init(
         run_id=f"quickstart-{name}",
         root=root,
         name=name,
@@ -114,7 +114,7 @@ def train(name: str, steps: int, root: str | None, seed: int = 0) -> None:
             optimizer.step()
 
             run.log_mismatch(step, trainer_lp.detach(), rollout_lp, token_ids=response, policy_version=step)
-            stats = collectors.rl_stats(
+            stats = logprobe.rl_stats(
                 logprobs=trainer_lp.detach(),
                 old_logprobs=rollout_lp,
                 advantages=advantages,

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import collectors
-import collectors.vllm as lpv
-from collectors.tiny_model import build_tiny_model
+import logprobe.vllm as lpv
+import logprobe
+from logprobe.collectors.tiny_model import build_tiny_model
 
 PROMPTS = ["sum the digits of 12 and answer", "count from one to", "the trainer recomputes"]
 GROUP, MAX_TOKENS, TEMPERATURE, LR, CLIP_EPS = 4, 12, 0.7, 2e-3, 0.2
@@ -76,7 +76,7 @@ def main(steps: int, root: str | None, logprobs_mode: str) -> str:
         worker_extension_cls=lpv.WORKER_EXTENSION,  # lets logprobe ask the workers what they run
     )
     config = {"lr": LR, "group": GROUP, "max_tokens": MAX_TOKENS, "logprobs_mode": logprobs_mode}
-    run = collectors.init(  # 1
+    run = logprobe.init(  # 1
         project="examples", name=f"vllm-loop-{logprobs_mode}", root=root, config=config
     )
     lpv.record_engine(run, llm, step=0)  # 2: vLLM version, flags and fingerprint
@@ -118,7 +118,7 @@ def main(steps: int, root: str | None, logprobs_mode: str) -> str:
         run.log(  # 5: the trainer's own view, next to the mismatch
             step,
             {
-                **collectors.rl_stats(
+                **logprobe.rl_stats(
                     logprobs=new.detach(),
                     old_logprobs=old,
                     advantages=advantages,

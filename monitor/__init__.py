@@ -11,14 +11,31 @@
 - alert rules, their state machine, webhook notifiers, and the store watcher.
 """
 
-from monitor._alerts import Alert, AlertEngine, Rule, RuleError, WebhookNotifier, default_rules, load_rules
-from monitor._causes import CAUSES, RULES, CauseRule, Diagnosis, Evidence, diagnose_evidence
-from monitor._detectors import DEFAULT_ARL0, Baseline, Jump, Level, NonFinite, Shift, cusum_limit, jump_limit
-from monitor._diagnosis import diagnose, load_evidence, reference_level
-from monitor._diagnosis import markdown as diagnosis_markdown
-from monitor._explain import EvidenceWindow
-from monitor._findings import DETECTORS, SEVERITIES, Finding
-from monitor._flags import (
+from logprobe.monitor._alerts import (
+    Alert,
+    AlertEngine,
+    Rule,
+    RuleError,
+    WebhookNotifier,
+    default_rules,
+    load_rules,
+)
+from logprobe.monitor._causes import CAUSES, RULES, CauseRule, Diagnosis, Evidence, diagnose_evidence
+from logprobe.monitor._detectors import (
+    DEFAULT_ARL0,
+    Baseline,
+    Jump,
+    Level,
+    NonFinite,
+    Shift,
+    cusum_limit,
+    jump_limit,
+)
+from logprobe.monitor._diagnosis import diagnose, load_evidence, reference_level
+from logprobe.monitor._diagnosis import markdown as diagnosis_markdown
+from logprobe.monitor._explain import EvidenceWindow
+from logprobe.monitor._findings import DETECTORS, SEVERITIES, Finding
+from logprobe.monitor._flags import (
     ConfigChange,
     FlagEffect,
     Segment,
@@ -27,11 +44,11 @@ from monitor._flags import (
     flag_effects,
     segments,
 )
-from monitor._kept import findings_cache_dir, run_findings
-from monitor._online import Reference, RunMonitor, Settings
-from monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
-from monitor._rules import DEFAULT_THRESHOLDS, Threshold
-from monitor._scan import (
+from logprobe.monitor._kept import findings_cache_dir, run_findings
+from logprobe.monitor._online import Reference, RunMonitor, Settings
+from logprobe.monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
+from logprobe.monitor._rules import DEFAULT_THRESHOLDS, Threshold
+from logprobe.monitor._scan import (
     Attribution,
     attribute,
     detect,
@@ -42,9 +59,9 @@ from monitor._scan import (
     monitor_for,
     reference_of,
 )
-from monitor._smoothing import ema
-from monitor._specs import SPECS, MetricSpec, spec_for
-from monitor._watch import AlertWatcher
+from logprobe.monitor._smoothing import ema
+from logprobe.monitor._specs import SPECS, MetricSpec, spec_for
+from logprobe.monitor._watch import AlertWatcher
 
 __all__ = [
     "CAUSES",

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from monitor._rules import DEFAULT_THRESHOLDS
+from logprobe.monitor._rules import DEFAULT_THRESHOLDS
 
 log = logging.getLogger(__name__)
 

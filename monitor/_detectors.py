@@ -30,9 +30,9 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.stats import norm
 
-from monitor._findings import Finding
-from monitor._rules import Threshold
-from monitor._specs import MetricSpec
+from logprobe.monitor._findings import Finding
+from logprobe.monitor._rules import Threshold
+from logprobe.monitor._specs import MetricSpec
 
 _MAD_TO_SIGMA = 1.4826
 _MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2)

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-import storage
-from monitor._causes import Diagnosis, Evidence, diagnose_evidence
-from monitor._scan import reference_of
-from storage import Store
+from logprobe import storage
+from logprobe.monitor._causes import Diagnosis, Evidence, diagnose_evidence
+from logprobe.monitor._scan import reference_of
+from logprobe.storage import Store
 
 LEVEL = "mismatch/abs_logp_diff_mean"
 _NAMES = (LEVEL, "rollout/prefix_cache_hit_tokens", "engine/prefix_cache_hits")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from monitor._alerts import one_number
-from monitor._causes import Diagnosis, Evidence, diagnose_evidence
+from logprobe.monitor._alerts import one_number
+from logprobe.monitor._causes import Diagnosis, Evidence, diagnose_evidence
 
 KEPT = ("mismatch/abs_logp_diff_mean", "rollout/prefix_cache_hit_tokens", "engine/prefix_cache_hits")
 

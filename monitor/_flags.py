@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from storage import VOLATILE_ENGINE_FLAGS, Store, flatten_flags
+from logprobe.storage import VOLATILE_ENGINE_FLAGS, Store, flatten_flags
 
 # Engine columns that describe the process, not the engine's settings.
 _NOT_FLAGS = {"ts", "step_first", "source", "rank", "worker", "flags", "fingerprint", "run_id"}

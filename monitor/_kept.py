@@ -19,11 +19,11 @@ import os
 import tempfile
 from pathlib import Path
 
-import storage
-from monitor._findings import Finding
-from monitor._online import RunMonitor
-from monitor._scan import feed, metric_rows, monitor_for
-from storage import Store
+from logprobe import storage
+from logprobe.monitor._findings import Finding
+from logprobe.monitor._online import RunMonitor
+from logprobe.monitor._scan import feed, metric_rows, monitor_for
+from logprobe.storage import Store
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from monitor._alerts import one_number
-from monitor._detectors import DEFAULT_ARL0, Baseline, Detector, Jump, Level, NonFinite, Shift
-from monitor._findings import Finding
-from monitor._rules import DEFAULT_THRESHOLDS, Threshold
-from monitor._specs import MetricSpec, spec_for
+from logprobe.monitor._alerts import one_number
+from logprobe.monitor._detectors import DEFAULT_ARL0, Baseline, Detector, Jump, Level, NonFinite, Shift
+from logprobe.monitor._findings import Finding
+from logprobe.monitor._rules import DEFAULT_THRESHOLDS, Threshold
+from logprobe.monitor._specs import MetricSpec, spec_for
 
 STATE_VERSION = 1
 

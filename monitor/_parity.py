@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from monitor._flags import flag_diff
-from storage import Store
+from logprobe.monitor._flags import flag_diff
+from logprobe.storage import Store
 
 # Per-metric tolerances: how much worse than the reference the candidate may be, per step.
 DEFAULT_TOLERANCES: dict[str, float] = {

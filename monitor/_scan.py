@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from monitor._findings import Finding
-from monitor._flags import ConfigChange, config_changes
-from monitor._online import DEFAULT_SETTINGS, Reference, RunMonitor, Settings
-from monitor._rules import Threshold
-from storage import Store
+from logprobe.monitor._findings import Finding
+from logprobe.monitor._flags import ConfigChange, config_changes
+from logprobe.monitor._online import DEFAULT_SETTINGS, Reference, RunMonitor, Settings
+from logprobe.monitor._rules import Threshold
+from logprobe.storage import Store
 
 
 def detect(

@@ -18,12 +18,12 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from monitor._alerts import Alert, AlertEngine
-from monitor._causes import Diagnosis
-from monitor._diagnosis import diagnose
-from monitor._online import RunMonitor
-from monitor._scan import feed, monitor_for
-from storage import Store, Writer
+from logprobe.monitor._alerts import Alert, AlertEngine
+from logprobe.monitor._causes import Diagnosis
+from logprobe.monitor._diagnosis import diagnose
+from logprobe.monitor._online import RunMonitor
+from logprobe.monitor._scan import feed, monitor_for
+from logprobe.storage import Store, Writer
 
 
 class AlertWatcher:

@@ -166,7 +166,7 @@ def add_collectors(home: Path) -> None:
     (_site(python) / "logprobe-checkout.pth").write_text(str(REPO) + "\n")
     step(
         "import logprobe's collectors through the wrapper",
-        [str(home / "bin" / "logprobe-python"), "-c", "import collectors.vllm, storage"],
+        [str(home / "bin" / "logprobe-python"), "-c", "import logprobe.collectors.vllm, logprobe.storage"],
     )
     stamp.write_text(want)
 

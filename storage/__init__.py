@@ -3,12 +3,12 @@
 Layout: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet`` (Hive partitions).
 """
 
-from storage._compact import CompactReport, compact
-from storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
-from storage._live import LiveSeries
-from storage._mirror import cache_root
-from storage._names import SOURCES, TRL, VERL, map_name
-from storage._queries import (
+from logprobe.storage._compact import CompactReport, compact
+from logprobe.storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
+from logprobe.storage._live import LiveSeries
+from logprobe.storage._mirror import cache_root
+from logprobe.storage._names import SOURCES, TRL, VERL, map_name
+from logprobe.storage._queries import (
     DEFAULT_MAX_POINTS,
     X_AXES,
     alerts,
@@ -26,10 +26,10 @@ from storage._queries import (
     version_gaps,
     worst_tokens,
 )
-from storage._retention import RetentionReport, apply_retention, check_keep
-from storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS, flatten_flags
-from storage._store import QueryError, Store, connect
-from storage._writer import Writer, WriterStats
+from logprobe.storage._retention import RetentionReport, apply_retention, check_keep
+from logprobe.storage._schema import SCHEMAS, TABLES, VOLATILE_ENGINE_FLAGS, flatten_flags
+from logprobe.storage._store import QueryError, Store, connect
+from logprobe.storage._writer import Writer, WriterStats
 
 __all__ = [
     "DEFAULT_MAX_POINTS",

@@ -26,8 +26,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage._layout import SUFFIX, TMP_PREFIX
-from storage._schema import SCHEMAS, TABLES
+from logprobe.storage._layout import SUFFIX, TMP_PREFIX
+from logprobe.storage._schema import SCHEMAS, TABLES
 
 SUPERSEDES_KEY = b"logprobe.supersedes"
 

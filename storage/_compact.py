@@ -24,12 +24,12 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from storage._catalog import SUPERSEDES_KEY, Catalog, FileInfo
-from storage._layout import SUFFIX, TMP_PREFIX, data_file_name, resolve_root, run_id_of, temp_path
-from storage._mirror import Mirror
-from storage._objectstore import ObjectRoot
-from storage._resources import default_memory_limit
-from storage._schema import SCHEMAS, TABLES
+from logprobe.storage._catalog import SUPERSEDES_KEY, Catalog, FileInfo
+from logprobe.storage._layout import SUFFIX, TMP_PREFIX, data_file_name, resolve_root, run_id_of, temp_path
+from logprobe.storage._mirror import Mirror
+from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._resources import default_memory_limit
+from logprobe.storage._schema import SCHEMAS, TABLES
 
 LOCK_NAME = ".compact.lock"
 ORPHAN_TMP_AGE_S = 3600.0

@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from storage._objectstore import ObjectRoot, is_object_uri
-from storage._schema import TABLES
+from logprobe.storage._objectstore import ObjectRoot, is_object_uri
+from logprobe.storage._schema import TABLES
 
 DEFAULT_ROOT = "./logprobe-data"
 ROOT_ENV = "LOGPROBE_DIR"

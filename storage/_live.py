@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from storage._queries import DEFAULT_MAX_POINTS, X_AXES, metric_series
-from storage._store import Store
+from logprobe.storage._queries import DEFAULT_MAX_POINTS, X_AXES, metric_series
+from logprobe.storage._store import Store
 
 COLUMNS = ("x", "x_first", "x_last", "min", "max", "last", "sum", "count")
 

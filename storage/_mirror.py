@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from storage._layout import SUFFIX, TMP_PREFIX, check_name, run_id_of
-from storage._objectstore import ObjectRoot, RemoteFile
-from storage._schema import TABLES
+from logprobe.storage._layout import SUFFIX, TMP_PREFIX, check_name, run_id_of
+from logprobe.storage._objectstore import ObjectRoot, RemoteFile
+from logprobe.storage._schema import TABLES
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage._store import Store
+from logprobe.storage._store import Store
 
 DEFAULT_MAX_POINTS = 1000
 DEFAULT_STALE_AFTER_S = 300.0

@@ -25,17 +25,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage._catalog import Catalog, FileInfo
-from storage._compact import (
+from logprobe.storage._catalog import Catalog, FileInfo
+from logprobe.storage._compact import (
     CompactReport,
     _remove_leftovers,
     object_copy,
     partition_lock,
     remove_object_leftovers,
 )
-from storage._layout import resolve_root, run_id_of
-from storage._objectstore import ObjectRoot
-from storage._schema import TABLES
+from logprobe.storage._layout import resolve_root, run_id_of
+from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._schema import TABLES
 
 # Tables that identify a run; deleting their rows would orphan everything else the run logged.
 PROTECTED_TABLES = ("runs", "engines")

@@ -19,12 +19,12 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage._catalog import Catalog
-from storage._layout import resolve_root
-from storage._mirror import Mirror
-from storage._objectstore import ObjectRoot
-from storage._resources import default_memory_limit
-from storage._schema import TABLES, duckdb_columns
+from logprobe.storage._catalog import Catalog
+from logprobe.storage._layout import resolve_root
+from logprobe.storage._mirror import Mirror
+from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._resources import default_memory_limit
+from logprobe.storage._schema import TABLES, duckdb_columns
 
 log = logging.getLogger(__name__)
 

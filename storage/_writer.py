@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage._layout import (
+from logprobe.storage._layout import (
     check_name,
     check_table,
     data_file_name,
@@ -41,8 +41,8 @@ from storage._layout import (
     resolve_root,
     temp_path,
 )
-from storage._objectstore import ObjectRoot
-from storage._schema import SCHEMAS
+from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._schema import SCHEMAS
 
 log = logging.getLogger(__name__)
 

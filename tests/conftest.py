@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The torch-engine demo's runs, one per scenario (about 1.5 minutes), trained once for every test
     that reads them."""
-    from collectors.demo import run_demo
+    from logprobe.collectors.demo import run_demo
 
     root = tmp_path_factory.mktemp("demo")
     run_demo(root, engine="torch")  # every scenario, default steps

@@ -13,10 +13,9 @@ import numpy as np
 import pyarrow as pa
 import streamlit as st
 
-import monitor
-import storage
-from app import charts, replays
-from app.session import Context, diagnosis, literal
+from logprobe import monitor, storage
+from logprobe.app import charts, replays
+from logprobe.app.session import Context, diagnosis, literal
 
 POSITION = {  # legend label -> metric: mean |d| by quarter of the response
     "1st quarter": "signature/abs_d_pos_q1",

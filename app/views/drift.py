@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import streamlit as st
 
-import storage
-from app.session import Context, chart_link, findings, literal
+from logprobe import storage
+from logprobe.app.session import Context, chart_link, findings, literal
 
 LINK = st.column_config.LinkColumn("chart", display_text="open chart")
 

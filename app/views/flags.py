@@ -7,10 +7,9 @@ import json
 import pyarrow as pa
 import streamlit as st
 
-import monitor
-import storage
-from app import charts
-from app.session import Context, literal
+from logprobe import monitor, storage
+from logprobe.app import charts
+from logprobe.app.session import Context, literal
 
 
 def render(ctx: Context) -> None:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 
 import streamlit as st
 
-import storage
-from app import charts
-from app.session import Context, findings, literal, live_series
+from logprobe import storage
+from logprobe.app import charts
+from logprobe.app.session import Context, findings, literal, live_series
 
 DEFAULT_METRICS = ("mismatch/k3", "mismatch/abs_logp_diff_mean", "reward/mean", "train/clip_frac")
 MARKED_EVENTS = ("weight_update", "config_change", "stale_prefix_cache")

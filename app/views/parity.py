@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import streamlit as st
 
-import monitor
-from app.session import Context, literal
+from logprobe import monitor
+from logprobe.app.session import Context, literal
 
 
 def render(ctx: Context) -> None:

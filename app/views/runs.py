@@ -5,9 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import streamlit as st
 
-import monitor
-import storage
-from app.session import Context, findings, literal, top_causes
+from logprobe import monitor, storage
+from logprobe.app.session import Context, findings, literal, top_causes
 
 HEALTH = {None: "ok", "warn": "warn", "bad": "bad", "error": "bad"}
 KEY_FLAGS = ("logprobs_mode", "enable_prefix_caching", "async_scheduling", "lm_head_dtype")

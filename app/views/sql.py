@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.session import Context, literal, store
+from logprobe.app.session import Context, literal, store
 
 EXAMPLES = {
     "Mean k3 per run": (

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-import storage
-from app import charts
-from app.session import Context, literal
+from logprobe import storage
+from logprobe.app import charts
+from logprobe.app.session import Context, literal
 
 
 def render(ctx: Context) -> None:

@@ -11,8 +11,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from collectors.demo._engines import EngineSettings, TorchSampler, VllmEngine
-from collectors.demo._loop import (
+from logprobe.collectors.demo._engines import EngineSettings, TorchSampler, VllmEngine
+from logprobe.collectors.demo._loop import (
     DEFAULT_STEPS,
     PROJECT,
     SCENARIOS,

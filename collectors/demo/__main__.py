@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from collectors.demo._loop import DEFAULT_STEPS, SCENARIOS, SEED_SCENARIOS, Scenario, supported
+from logprobe.collectors.demo._loop import DEFAULT_STEPS, SCENARIOS, SEED_SCENARIOS, Scenario, supported
 
 
 def seed_releases(engine: str) -> list[str] | None:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--engine", args.engine, "--steps", str(args.steps), "--seed", str(args.seed)]
         common += ["--root", args.root] if args.root else []
         for name in chosen:
-            subprocess.run([sys.executable, "-m", "collectors.demo", name, *common], check=True)
+            subprocess.run([sys.executable, "-m", "logprobe.collectors.demo", name, *common], check=True)
         return 0
     if args.engine == "vllm":
         # In process (seconds to start, not tens), and a KV cache that fits beside the trainer.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import torch
 
-    from collectors.demo import run_demo
+    from logprobe.collectors.demo import run_demo
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from collectors._run import Run
+from logprobe.collectors._run import Run
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class VllmEngine:
             logprobs_mode=settings.logprobs_mode,
             enable_prefix_caching=settings.prefix_caching,
             hf_overrides=overrides,
-            worker_extension_cls="collectors.vllm.LogprobeWorkerExtension",
+            worker_extension_cls="logprobe.collectors.vllm.LogprobeWorkerExtension",
             disable_log_stats=False,
         )
         self._sampling = vllm.SamplingParams
@@ -224,12 +224,12 @@ class VllmEngine:
         self.version = 0
 
     def attach(self, run: Run) -> None:
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
 
         self._watcher = lpv.watch(run, self.llm)
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int) -> Rollout:
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
 
         params = self._sampling(
             n=n,
@@ -254,7 +254,7 @@ class VllmEngine:
             self.llm.reset_prefix_cache()
 
     def record(self, run: Run, step: int) -> None:
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
 
         lpv.record_engine(run, self.llm, step=step)
         if self._watcher is not None:
@@ -284,7 +284,7 @@ class RemoteVllmEngine:
     def __init__(
         self, python: str, model_dir: Path, settings: EngineSettings, run: Run, workdir: Path, seed: int = 0
     ) -> None:
-        from collectors.replay import EngineWorker
+        from logprobe.collectors.replay import EngineWorker
 
         if not settings.pause_generation_for_updates:
             raise ValueError("the offline vLLM engine cannot take a weight update mid-batch")
@@ -292,7 +292,7 @@ class RemoteVllmEngine:
         self.version = 0
         self._step = 0
         self.workdir = workdir
-        self.worker = EngineWorker(python, args=["-m", "collectors.demo._rollout_worker"])
+        self.worker = EngineWorker(python, args=["-m", "logprobe.collectors.demo._rollout_worker"])
         self.release = str(self.worker.info["vllm"])
         self.worker.request(
             "start",

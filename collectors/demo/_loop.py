@@ -16,10 +16,16 @@ from typing import Any
 
 import torch
 
-import collectors
-from collectors.demo._engines import EngineSettings, RemoteVllmEngine, RolloutEngine, TorchSampler, VllmEngine
-from collectors.demo._task import RESPONSE_TOKENS, TARGETS, Task, build_task
-from collectors.replay import engine_python
+from logprobe import collectors
+from logprobe.collectors.demo._engines import (
+    EngineSettings,
+    RemoteVllmEngine,
+    RolloutEngine,
+    TorchSampler,
+    VllmEngine,
+)
+from logprobe.collectors.demo._task import RESPONSE_TOKENS, TARGETS, Task, build_task
+from logprobe.collectors.replay import engine_python
 
 PROMPTS_PER_STEP = 16
 GROUP_SIZE = 4

@@ -54,8 +54,8 @@ class RolloutWorker:
     ) -> dict[str, Any]:
         import vllm
 
-        import collectors
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
+        from logprobe import collectors
 
         self.settings = settings
         release = tuple(int(p) for p in vllm.__version__.split(".")[:2])
@@ -81,7 +81,7 @@ class RolloutWorker:
         return {"v0": self.v0}
 
     def record(self, step: int) -> dict[str, Any]:
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
 
         if self.run is None:
             raise RuntimeError("started without a run: nothing to record into")
@@ -101,7 +101,7 @@ class RolloutWorker:
     ) -> dict[str, Any]:
         import vllm
 
-        import collectors.vllm as lpv
+        import logprobe.collectors.vllm as lpv
 
         if self.watcher is not None:
             self.watcher.step = step

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from collectors.demo._engines import EngineSettings
+from logprobe.collectors.demo._engines import EngineSettings
 
 TEMPERATURE = 0.7
 PREFIX, REQUESTS, TOKENS = 136, 16, 32
@@ -43,7 +43,7 @@ def build_model(folder: Path) -> tuple[Path, float]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from collectors.tiny_model import build_tiny_model
+    from logprobe.collectors.tiny_model import build_tiny_model
 
     build_tiny_model(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).float().eval()
@@ -78,11 +78,11 @@ def measure(python: str, model: Path, settings: EngineSettings) -> dict[str, Any
     import torch
     from transformers import AutoModelForCausalLM
 
-    from collectors.replay import EngineWorker
+    from logprobe.collectors.replay import EngineWorker
 
     trainer = AutoModelForCausalLM.from_pretrained(model).float().eval()
     prompts = prompt_ids(trainer.config.vocab_size)
-    with EngineWorker(python, args=["-m", "collectors.demo._rollout_worker"]) as worker:
+    with EngineWorker(python, args=["-m", "logprobe.collectors.demo._rollout_worker"]) as worker:
         worker.request("start", model=str(model), settings=asdict(settings), seed=0)
         reply = worker.request(
             "generate", prompts=prompts, n=1, max_tokens=TOKENS, temperature=TEMPERATURE, top_p=1.0, seed=0
@@ -124,7 +124,7 @@ def table(results: dict[str, dict[str, Any]], entropy: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from collectors.replay import engine_python
+    from logprobe.collectors.replay import engine_python
 
     parser = argparse.ArgumentParser(
         prog="python -m collectors.demo.seed_figures", description=__doc__.splitlines()[0]

@@ -6,9 +6,16 @@ as a run of source ``replay``. ``python -m collectors.replay`` is the command be
 replay``.
 """
 
-from collectors.replay._client import EngineWorker, WorkerError, engine_python
-from collectors.replay._plan import CANDIDATES, Plan, ReplayError, Settings, candidate_changes, plan_replay
-from collectors.replay._replay import Report, Variant, Verdict, replay
+from logprobe.collectors.replay._client import EngineWorker, WorkerError, engine_python
+from logprobe.collectors.replay._plan import (
+    CANDIDATES,
+    Plan,
+    ReplayError,
+    Settings,
+    candidate_changes,
+    plan_replay,
+)
+from logprobe.collectors.replay._replay import Report, Variant, Verdict, replay
 
 __all__ = [
     "CANDIDATES",

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collectors.replay._plan import CANDIDATES, ReplayError
-from collectors.replay._render import markdown
+from logprobe.collectors.replay._plan import CANDIDATES, ReplayError
+from logprobe.collectors.replay._render import markdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    from collectors.replay._client import WorkerError
-    from collectors.replay._replay import replay
+    from logprobe.collectors.replay._client import WorkerError
+    from logprobe.collectors.replay._replay import replay
 
     try:
         report = replay(

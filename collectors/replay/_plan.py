@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import storage
+from logprobe import storage
 
 
 class ReplayError(ValueError):

@@ -18,9 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import storage
-from collectors.replay._client import EngineWorker, WorkerError, engine_python
-from collectors.replay._plan import (
+from logprobe import storage
+from logprobe.collectors.replay._client import EngineWorker, WorkerError, engine_python
+from logprobe.collectors.replay._plan import (
     CANDIDATES,
     Plan,
     ReplayError,
@@ -331,7 +331,7 @@ def _measure(variant: Variant, plan: Plan, trainer: dict[int, list[list[float]]]
 
 
 def _mismatch(trainer: list[list[float]], engine: list[list[float]]) -> dict[str, float]:
-    import collectors
+    from logprobe import collectors
 
     t, e, mask = _padded(trainer, engine)
     result = collectors.compute_mismatch(t, e, mask, signatures=False, samples=0)
@@ -496,7 +496,7 @@ def _write(
     info: dict[str, Any],
 ) -> str:
     """The variant as a run of its own (source ``replay``), so every view shows it."""
-    import collectors
+    from logprobe import collectors
 
     run_id = f"{plan.run}.replay-{stamp}.{variant.name.replace('+', '-')}"[:200]
     run = collectors.init(

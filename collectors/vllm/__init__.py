@@ -16,12 +16,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from collectors._run import Run
-from collectors.vllm._config import engine_config, fingerprint, vllm_config_of, vllm_version
-from collectors.vllm._outputs import RolloutBatch, rollout_batch, sampled_logprobs
-from collectors.vllm._stats import stat_logger, v0_stat_logger
-from collectors.vllm._watch import EngineWatcher, watch
-from collectors.vllm._worker import WORKER_EXTENSION, LogprobeWorkerExtension, probe_model, weights_checksum
+from logprobe.collectors._run import Run
+from logprobe.collectors.vllm._config import engine_config, fingerprint, vllm_config_of, vllm_version
+from logprobe.collectors.vllm._outputs import RolloutBatch, rollout_batch, sampled_logprobs
+from logprobe.collectors.vllm._stats import stat_logger, v0_stat_logger
+from logprobe.collectors.vllm._watch import EngineWatcher, watch
+from logprobe.collectors.vllm._worker import (
+    WORKER_EXTENSION,
+    LogprobeWorkerExtension,
+    probe_model,
+    weights_checksum,
+)
 
 log = logging.getLogger(__name__)
 

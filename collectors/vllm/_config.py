@@ -18,7 +18,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from storage import VOLATILE_ENGINE_FLAGS, flatten_flags
+from logprobe.storage import VOLATILE_ENGINE_FLAGS, flatten_flags
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from collectors._run import Run
+from logprobe.collectors._run import Run
 
 
 class _Accumulator:

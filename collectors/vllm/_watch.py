@@ -22,8 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from collectors._run import Run
-from collectors.vllm._config import vllm_config_of
+from logprobe.collectors._run import Run
+from logprobe.collectors.vllm._config import vllm_config_of
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class EngineWatcher:
             model = _worker_model(worker)
             if model is None:
                 return None
-            from collectors.vllm._worker import weights_checksum
+            from logprobe.collectors.vllm._worker import weights_checksum
 
             return weights_checksum(model)
         return sums[0] if sums and len(set(sums)) == 1 else ",".join(map(str, sums))

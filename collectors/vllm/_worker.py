@@ -12,7 +12,7 @@ import hashlib
 import struct
 from typing import Any
 
-WORKER_EXTENSION = "collectors.vllm.LogprobeWorkerExtension"
+WORKER_EXTENSION = "logprobe.collectors.vllm.LogprobeWorkerExtension"
 
 
 class LogprobeWorkerExtension:

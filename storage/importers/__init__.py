@@ -9,11 +9,11 @@ the others as they were. Each imported run gets an ``imported`` event naming the
 names it mapped.
 """
 
-from storage.importers._common import ImportResult, safe_run_id
-from storage.importers._mlflow import import_mlflow
-from storage.importers._tensorboard import import_tensorboard
-from storage.importers._trackio import import_trackio
-from storage.importers._wandb import import_wandb
+from logprobe.storage.importers._common import ImportResult, safe_run_id
+from logprobe.storage.importers._mlflow import import_mlflow
+from logprobe.storage.importers._tensorboard import import_tensorboard
+from logprobe.storage.importers._trackio import import_trackio
+from logprobe.storage.importers._wandb import import_wandb
 
 __all__ = [
     "ImportResult",

@@ -9,8 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage._names import map_name
-from storage._writer import Writer
+from logprobe.storage._names import map_name
+from logprobe.storage._writer import Writer
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

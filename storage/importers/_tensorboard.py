@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from storage._writer import Writer
-from storage.importers._common import ImportResult, safe_run_id, write_run
+from logprobe.storage._writer import Writer
+from logprobe.storage.importers._common import ImportResult, safe_run_id, write_run
 
 
 def import_tensorboard(

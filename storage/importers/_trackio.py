@@ -12,8 +12,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from storage._writer import Writer
-from storage.importers._common import ImportResult, safe_run_id, write_run
+from logprobe.storage._writer import Writer
+from logprobe.storage.importers._common import ImportResult, safe_run_id, write_run
 
 
 def import_trackio(

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from storage._writer import Writer
-from storage.importers._common import ImportResult, safe_run_id, write_run
+from logprobe.storage._writer import Writer
+from logprobe.storage.importers._common import ImportResult, safe_run_id, write_run
 
 _HEADER = b":W&B"
 _BLOCK = 32 * 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Writer
+from logprobe.storage import Writer
 
 LOGPROBE = [str(Path(sys.executable).with_name("logprobe"))]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from app.dashboard import PAGES
-from storage import Store, Writer
+from logprobe.app.dashboard import PAGES
+from logprobe.storage import Store, Writer
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.browser
@@ -192,7 +192,7 @@ def test_live_run_updates_without_a_reload(tmp_path: Path, page: object) -> None
         page.get_by_text("live-run 19").first.wait_for(timeout=60_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
         run_python(
-            "import sys, time; from storage import Writer\n"
+            "import sys, time; from logprobe.storage import Writer\n"
             "with Writer(sys.argv[1]) as w:\n"
             "    for s in range(20, 57):\n"
             "        w.log_metrics('live-run', s, {'mismatch/k3': 0.2, 'reward/mean': 1.0})\n",

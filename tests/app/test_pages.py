@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import monitor
-from app.dashboard import PAGES
-from collectors.demo import SCENARIOS
-from storage import Store, Writer
+from logprobe import monitor
+from logprobe.app.dashboard import PAGES
+from logprobe.collectors.demo import SCENARIOS
+from logprobe.storage import Store, Writer
 
 DIAGNOSED = ("reference", "raw-logprobs", "stale-weights")  # a healthy run and two causes
 
 
 def _script(root: str, page: str, rules: str | None = None) -> None:
-    from app.dashboard import main
+    from logprobe.app.dashboard import main
 
     main(root=root, page=page, rules=rules)
 
@@ -57,7 +57,7 @@ def corrupt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def diagnosed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three real demo scenarios, six steps each (about a minute): enough steps for a cause to show
     and far fewer than the whole demo."""
-    from collectors.demo import run_demo
+    from logprobe.collectors.demo import run_demo
 
     root = tmp_path_factory.mktemp("diagnosed")
     with pytest.MonkeyPatch.context() as patch:  # module scope: before the per-test isolation applies
@@ -195,8 +195,8 @@ def test_sql_console_runs_examples_and_refuses_escapes(demo_root: Path) -> None:
 def test_a_refresh_of_a_live_run_reads_only_its_new_files(tmp_path: Path) -> None:
     """No watcher keeps this run's findings, so the dashboard scans it once, keeps the scan on disk
     (not per browser session) and on every refresh feeds only the files written since."""
-    import monitor
-    from storage import Store
+    from logprobe import monitor
+    from logprobe.storage import Store
 
     with Writer(tmp_path) as writer:
         writer.append("runs", "live", {"name": "live"})

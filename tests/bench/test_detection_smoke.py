@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-import storage
+from logprobe import storage
 from tests.conftest import json_numbers
 
 REPO = Path(__file__).resolve().parents[2]

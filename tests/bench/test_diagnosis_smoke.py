@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.demo import SCENARIOS
+from logprobe.collectors.demo import SCENARIOS
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

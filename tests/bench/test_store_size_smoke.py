@@ -14,8 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import collectors
 from bench import store_size
+from logprobe import collectors
 from tests.conftest import json_numbers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +78,6 @@ def test_the_workload_uses_the_collectors_names() -> None:
     mismatch = [m for m in store_size.METRICS if m.startswith("mismatch/")]
     assert set(mismatch) <= set(collectors.MISMATCH_METRICS)
     assert len(store_size.METRICS) == 16
-    from collectors._mismatch import DEFAULT_TOP_K
+    from logprobe.collectors._mismatch import DEFAULT_TOP_K
 
     assert store_size.DEFAULT_TOP_K == DEFAULT_TOP_K

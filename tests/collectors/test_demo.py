@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors.demo import SCENARIOS
-from storage import Store
+from logprobe.collectors.demo import SCENARIOS
+from logprobe.storage import Store
 
 pytestmark = pytest.mark.slow
 BROKEN = (
@@ -138,7 +138,7 @@ def test_weight_update_events_say_what_happened(store: Store) -> None:
 
 
 def test_the_monitor_flags_the_broken_runs_and_not_the_healthy_ones(store: Store) -> None:
-    import monitor
+    from logprobe import monitor
 
     def threshold_findings(run: str) -> list:
         found = monitor.detect_run(store, f"demo-torch-{run}")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import collectors
-from collectors import HIST_EDGES, MISMATCH_METRICS, compute_mismatch
-from storage import Store
+from logprobe import collectors
+from logprobe.collectors import HIST_EDGES, MISMATCH_METRICS, compute_mismatch
+from logprobe.storage import Store
 
 EPS = 0.2
 C = 2.0

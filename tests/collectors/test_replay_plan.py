@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import collectors
-from collectors.replay import Plan, ReplayError, Settings, Variant, candidate_changes, plan_replay
-from collectors.replay._replay import Target, _removed, _target, _verdict, plan_pairs
-from storage import Store
+from logprobe import collectors
+from logprobe.collectors.replay import Plan, ReplayError, Settings, Variant, candidate_changes, plan_replay
+from logprobe.collectors.replay._replay import Target, _removed, _target, _verdict, plan_pairs
+from logprobe.storage import Store
 
 
 def _plan(root: Path, run: str, **kw: object) -> Plan:
@@ -61,7 +61,7 @@ def test_only_updates_that_reached_the_rollouts_count() -> None:
     step come back in no fixed order, so the rule cannot lean on their order."""
     import json
 
-    from collectors.replay._plan import _settings_at
+    from logprobe.collectors.replay._plan import _settings_at
 
     engines = [
         {
@@ -169,7 +169,7 @@ def test_removed_share_and_pairs_when_no_single_change_is_enough() -> None:
 
 @pytest.mark.slow
 def test_steps_under_different_settings_are_refused_together(demo_root: Path) -> None:
-    from collectors.replay import replay
+    from logprobe.collectors.replay import replay
 
     with pytest.raises(ReplayError, match="ran under different engine settings"):
         replay(demo_root, "demo-torch-flag-change", steps=[4, 20], write=False)

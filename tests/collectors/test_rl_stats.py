@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from collectors import rl_stats, token_entropy
+from logprobe.collectors import rl_stats, token_entropy
 
 # --------------------------------------------------------------------------- the reference
 

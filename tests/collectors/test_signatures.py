@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import collectors
-from collectors import compute_mismatch
-from collectors._signatures import SAMPLE_TOKENS
-from storage import Store
+from logprobe import collectors
+from logprobe.collectors import compute_mismatch
+from logprobe.collectors._signatures import SAMPLE_TOKENS
+from logprobe.storage import Store
 
 
 def _batch(seed: int = 0, b: int = 24, t: int = 10) -> torch.Tensor:

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from collectors.vllm import engine_config, fingerprint
-from collectors.vllm._config import to_plain, vllm_env
+from logprobe.collectors.vllm import engine_config, fingerprint
+from logprobe.collectors.vllm._config import to_plain, vllm_env
 
 
 class _Level(enum.Enum):

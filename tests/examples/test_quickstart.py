@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage import Store
+from logprobe.storage import Store
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 
 pytest.importorskip("vllm", reason="vLLM is the rollout engine of this example (requirements-vllm.txt)")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]

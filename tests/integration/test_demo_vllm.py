@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the vLLM extra is not installed (pip install -r requirements-vllm.txt)")

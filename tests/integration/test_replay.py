@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the vLLM extra is not installed (pip install -r requirements-vllm.txt)")
@@ -38,7 +38,7 @@ def vllm_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [
             sys.executable,
             "-m",
-            "collectors.demo",
+            "logprobe.collectors.demo",
             *SCENARIOS,
             "--engine",
             "vllm",
@@ -134,7 +134,7 @@ def test_replay_explains_what_it_cannot_do(vllm_runs: Path) -> None:
 def test_worker_protocol_in_a_second_interpreter(vllm_runs: Path, tmp_path: Path) -> None:
     """The engine side needs vLLM, not logprobe: a second virtualenv that sees this one's packages
     (vLLM, torch) but cannot import logprobe hosts the worker, and scores like the first."""
-    from collectors.replay import EngineWorker, WorkerError
+    from logprobe.collectors.replay import EngineWorker, WorkerError
 
     env_dir = tmp_path / "other-venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
@@ -148,7 +148,7 @@ def test_worker_protocol_in_a_second_interpreter(vllm_runs: Path, tmp_path: Path
     ours = next(p for p in sys.path if p.endswith("site-packages"))
     Path(site, "borrowed.pth").write_text(ours + "\n")
     probe = subprocess.run(
-        [str(other), "-c", "import collectors"], capture_output=True, text=True, cwd=tmp_path
+        [str(other), "-c", "import logprobe.collectors"], capture_output=True, text=True, cwd=tmp_path
     )
     assert probe.returncode != 0  # logprobe is not there: the worker must stand alone
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -187,8 +187,8 @@ def test_the_doc_figures_reproduce_within_noise() -> None:
     """``../shared/docs/vllm-versions.md``'s table, re-measured by its own protocol through the rollout
     worker: the near-zero cells stay under 1e-5, the semantics gaps within a factor 1.5 of the doc's."""
     _installed()
-    from collectors.demo import seed_figures
-    from collectors.replay import engine_python
+    from logprobe.collectors.demo import seed_figures
+    from logprobe.collectors.replay import engine_python
 
     with tempfile.TemporaryDirectory() as tmp:
         model, entropy = seed_figures.build_model(Path(tmp) / "model")

@@ -32,7 +32,7 @@ def sampled(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from collectors.tiny_model import build_tiny_model
+    from logprobe.collectors.tiny_model import build_tiny_model
 
     folder = build_tiny_model(tmp_path_factory.mktemp("model"))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -64,7 +64,7 @@ def _gap(scores: list[list[float]], trainer: list[list[float]]) -> float:
 
 
 def _score(version: str, sampled: dict, mode: str) -> list[list[float]]:
-    from collectors.replay import EngineWorker
+    from logprobe.collectors.replay import EngineWorker
 
     with EngineWorker(str(_python(version))) as worker:
         assert worker.info["vllm"].startswith(version)
@@ -74,7 +74,7 @@ def _score(version: str, sampled: dict, mode: str) -> list[list[float]]:
 
 
 def test_v0_returns_logprobs_at_the_sampling_temperature(sampled: dict) -> None:
-    from collectors.replay import EngineWorker, WorkerError
+    from logprobe.collectors.replay import EngineWorker, WorkerError
 
     scores = _score("0.8.5", sampled, "processed_logprobs")
     assert _gap(scores, sampled["trainer"][0.7]) < 1e-4
@@ -107,7 +107,7 @@ def test_replay_runs_its_engine_under_another_release(demo_root: Path, tmp_path:
     args = ["--root", str(root), "--run", "demo-torch-raw-logprobs", "--python", str(python)]
     args += ["--format", "json", "--no-write", "--vary", "logprobs_mode"]
     proc = subprocess.run(
-        [sys.executable, "-m", "collectors.replay", *args],
+        [sys.executable, "-m", "logprobe.collectors.replay", *args],
         capture_output=True,
         text=True,
         timeout=900,

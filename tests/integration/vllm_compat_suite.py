@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 import torch
 
-import collectors
-import collectors.vllm as lpv
-from collectors.tiny_model import build_tiny_model
-from storage import Store
+import logprobe.collectors.vllm as lpv
+from logprobe import collectors
+from logprobe.collectors.tiny_model import build_tiny_model
+from logprobe.storage import Store
 
 pytestmark = pytest.mark.vllm
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process

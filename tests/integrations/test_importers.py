@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import Store
-from storage.importers import import_mlflow, import_tensorboard, import_trackio
+from logprobe.storage import Store
+from logprobe.storage.importers import import_mlflow, import_tensorboard, import_trackio
 from tests.conftest import run_python
 
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))

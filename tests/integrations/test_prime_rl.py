@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 
 torch = pytest.importorskip("torch")
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
@@ -28,7 +28,7 @@ STEPS, PER_RANK, RANKS, PROMPT, RESPONSE = 3, 4, 2, 10, 12
 def _export(out: Path) -> dict[int, list[dict]]:
     from transformers import AutoModelForCausalLM
 
-    from collectors.tiny_model import build_tiny_model
+    from logprobe.collectors.tiny_model import build_tiny_model
 
     folder = build_tiny_model(out / "model")
     model = AutoModelForCausalLM.from_pretrained(folder).float().eval()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from storage import TRL, Store
+from logprobe.storage import TRL, Store
 from tests.conftest import run_python
 
 trl = pytest.importorskip("trl", reason="TRL is a test extra (requirements-test.txt)")
 datasets = pytest.importorskip("datasets", reason="TRL depends on datasets")
 
-from collectors.tiny_model import build_tiny_model  # noqa: E402
-from collectors.trl import LogprobeCallback  # noqa: E402
+from logprobe.collectors.tiny_model import build_tiny_model  # noqa: E402
+from logprobe.collectors.trl import LogprobeCallback  # noqa: E402
 
 STEPS = 3
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from collectors.verl import LogprobeBackend
-from storage import VERL, Store
+from logprobe.collectors.verl import LogprobeBackend
+from logprobe.storage import VERL, Store
 from tests.conftest import run_python
 
 
@@ -89,7 +89,7 @@ def test_verl_metrics_are_mapped_and_stored_exactly(tmp_path: Path) -> None:
 
 
 def test_the_monitor_reads_verl_runs_with_logprobe_rules(tmp_path: Path) -> None:
-    import monitor
+    from logprobe import monitor
 
     backend = LogprobeBackend("p", "bad-engine", None, root=tmp_path, run_id="verl-bad")
     for step in range(1, 11):
@@ -102,7 +102,7 @@ def test_the_monitor_reads_verl_runs_with_logprobe_rules(tmp_path: Path) -> None
 VERL_CHILD = """
 import json, sys
 from verl.utils.tracking import Tracking
-from collectors.verl import LogprobeBackend
+from logprobe.collectors.verl import LogprobeBackend
 
 root, steps = sys.argv[1], json.loads(sys.argv[2])
 tracking = Tracking(project_name="verl-proj", experiment_name="exp-real", default_backend="console")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storage import Store
+from logprobe.storage import Store
 from tests.conftest import run_python
 
 pytest.importorskip("wandb", reason="wandb is a test extra (requirements-bench.txt)")
@@ -25,8 +25,7 @@ STEPS = 12
 CHILD = """
 import json, sys
 import wandb
-import collectors
-
+from logprobe import collectors
 root, values = sys.argv[1], json.loads(sys.argv[2])
 untap = collectors.tap_wandb(root=root)
 run = wandb.init(project="rl", name="grpo-7b", config={"lr": 1e-6, "algo": "grpo"}, mode="offline")

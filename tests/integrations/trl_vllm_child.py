@@ -13,8 +13,8 @@ if __name__ == "__main__":
     import datasets
     import trl
 
-    from collectors.tiny_model import build_tiny_model
-    from collectors.trl import LogprobeCallback
+    from logprobe.collectors.tiny_model import build_tiny_model
+    from logprobe.collectors.trl import LogprobeCallback
 
     workdir, root = sys.argv[1], sys.argv[2]
     model_dir = build_tiny_model(os.path.join(workdir, "model"))

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import collectors
-import monitor
-from monitor import AlertEngine, Rule, RuleError, WebhookNotifier
-from storage import Store
+from logprobe import collectors, monitor
+from logprobe.monitor import AlertEngine, Rule, RuleError, WebhookNotifier
+from logprobe.storage import Store
 
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 RULE = Rule(name="k3", metric="mismatch/k3", above=0.01, for_steps=2, severity="bad", cooldown_s=10)
@@ -191,7 +190,7 @@ def test_on_alert_raise_stops_a_run_gone_off_the_rails(tmp_path: Path) -> None:
 
 WRITER = """
 import sys, time
-import collectors
+from logprobe import collectors
 run = collectors.init(run_id="live", root=sys.argv[1], flush_interval=0.2)
 for step in range(30):
     run.log(step, {"mismatch/k3": 1e-5})

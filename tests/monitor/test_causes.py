@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-import monitor
-from collectors import compute_mismatch
+from logprobe import monitor
+from logprobe.collectors import compute_mismatch
 
 B, T, V = 32, 16, 40
 TEMP = 0.7

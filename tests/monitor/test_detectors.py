@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter
 
-import monitor
-from monitor import Reference, RunMonitor, Threshold
-from storage import Store, Writer
+from logprobe import monitor
+from logprobe.monitor import Reference, RunMonitor, Threshold
+from logprobe.storage import Store, Writer
 
 
 def _lognormal(n: int, level: float, sd: float, seed: int, rho: float = 0.0) -> np.ndarray:

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-import collectors
-import monitor
-import storage
-from storage import Store, Writer
+from logprobe import collectors, monitor, storage
+from logprobe.storage import Store, Writer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -111,7 +109,7 @@ def test_findings_command_json(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "logprobe.app.cli",
             "findings",
             "--root",
             str(tmp_path),
@@ -145,7 +143,7 @@ def test_findings_command_json(tmp_path: Path) -> None:
     ]
     assert rows[1]["value"] == "nan"
     table = subprocess.run(
-        [sys.executable, "-m", "app.cli", "findings", "--root", str(tmp_path)],
+        [sys.executable, "-m", "logprobe.app.cli", "findings", "--root", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -153,7 +151,7 @@ def test_findings_command_json(tmp_path: Path) -> None:
     )
     assert table.returncode == 0 and "threshold" in table.stdout and "2 row(s)" in table.stderr
     missing = subprocess.run(
-        [sys.executable, "-m", "app.cli", "findings", "--root", str(tmp_path), "--run", "nope"],
+        [sys.executable, "-m", "logprobe.app.cli", "findings", "--root", str(tmp_path), "--run", "nope"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import monitor
-from collectors.demo import DEFAULT_STEPS, SCENARIOS
-from storage import Store
+from logprobe import monitor
+from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
+from logprobe.storage import Store
 
 pytestmark = pytest.mark.slow
 FAILURES = {  # scenario -> the flag that defines it

@@ -20,9 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-import monitor
-import storage
-from storage import Store, Writer
+from logprobe import monitor, storage
+from logprobe.storage import Store, Writer
 from tests.app.test_dashboard import EXCEPTION, _serve
 from tests.conftest import REPO
 from tests.monitor.test_alerts import WRITER as ALERT_WRITER

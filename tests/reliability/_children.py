@@ -11,8 +11,8 @@ import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 
-import collectors
-from storage import LiveSeries, Store, alerts, compact, list_runs, metric_series
+from logprobe import collectors
+from logprobe.storage import LiveSeries, Store, alerts, compact, list_runs, metric_series
 
 
 def log_until_killed(root: str, run_id: str, life: int, flush_interval: float, conn: Connection) -> None:
@@ -74,7 +74,7 @@ def load_writer(
 def dashboard_reader(root: str, run_id: str, stop: Event, conn: Connection, period: float) -> None:
     """What an open dashboard asks of the store every ``period`` seconds until ``stop``; counts rounds
     and errors."""
-    import monitor
+    from logprobe import monitor
 
     store = Store(root)
     live = LiveSeries([run_id], ["m0"])

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import Store, Writer
+from logprobe.storage import Store, Writer
 from tests.reliability import _children
 from tests.reliability.conftest import scale
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from collectors import Run
-from storage import Store, Writer
+from logprobe.collectors import Run
+from logprobe.storage import Store, Writer
 from tests.conftest import run_python
 
 BOUND = 2_000  # the writer's buffer bound in these tests (rows)
@@ -212,7 +212,7 @@ def test_read_only_directory_buffers_counts_drops_and_resumes(
 
 
 def test_data_root_deleted_mid_run_is_recreated_with_a_warning(tmp_path: Path, caplog, figures) -> None:
-    import collectors
+    from logprobe import collectors
 
     caplog.set_level(logging.WARNING)
     root = tmp_path / "store"
@@ -246,8 +246,8 @@ def test_data_root_deleted_mid_run_is_recreated_with_a_warning(tmp_path: Path, c
 
 FSIZE_CHILD = r"""
 import json, logging, resource, signal, sys, time
-from collectors import Run
-from storage import Writer
+from logprobe.collectors import Run
+from logprobe.storage import Writer
 
 logging.basicConfig(level=logging.WARNING)
 root = sys.argv[1]

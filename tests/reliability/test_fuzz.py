@@ -42,12 +42,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import collectors
-import monitor
-from collectors import MISMATCH_METRICS, SIGNATURE_METRICS
-from collectors._run import to_json
-from collectors.vllm import fingerprint
-from storage import SCHEMAS, Store, flatten_flags
+from logprobe import collectors, monitor
+from logprobe.collectors import MISMATCH_METRICS, SIGNATURE_METRICS
+from logprobe.collectors._run import to_json
+from logprobe.collectors.vllm import fingerprint
+from logprobe.storage import SCHEMAS, Store, flatten_flags
 from tests.conftest import REPO
 from tests.reliability.conftest import scale
 
@@ -1327,7 +1326,7 @@ _FLIP_CHILD = """
 import json, sys
 from pathlib import Path
 import duckdb
-from storage import Store
+from logprobe.storage import Store
 root, cases = Path(sys.argv[1]), json.loads(sys.argv[2])
 good = (root / "fixed.bin").read_bytes()
 folder = root / "metrics" / "run_id=broken"

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.views.metrics import REFRESH_S
-from storage import Store
+from logprobe.app.views.metrics import REFRESH_S
+from logprobe.storage import Store
 from tests.reliability import _children
 from tests.reliability.conftest import scale
 
@@ -85,7 +85,17 @@ def test_32_writers_with_dashboard_and_alert_watcher(tmp_path: Path, forkserver,
     )
     reader.start()
     watcher = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "alerts", "watch", "--root", str(root), "--interval", "0.5"],
+        [
+            sys.executable,
+            "-m",
+            "logprobe.app.cli",
+            "alerts",
+            "watch",
+            "--root",
+            str(root),
+            "--interval",
+            "0.5",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -39,11 +39,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import collectors
-import monitor
-import storage
-from app.cli import main as cli_main
-from storage import Store, Writer
+from logprobe import collectors, monitor, storage
+from logprobe.app.cli import main as cli_main
+from logprobe.storage import Store, Writer
 
 LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 SECRET = "OUTSIDE-SECRET-7f3a"  # what the files outside the root hold; must never come back
@@ -557,7 +555,7 @@ READY = {
 def test_hostile_text_shows_as_text_on_all_pages(
     hostile_server: str, browser: object, figures: Callable[..., None]
 ) -> None:
-    from app.dashboard import PAGES
+    from logprobe.app.dashboard import PAGES
 
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     dialogs: list[str] = []
@@ -778,7 +776,7 @@ def _page(root: Path, page: str, query: dict[str, str]) -> object:
     from streamlit.testing.v1 import AppTest
 
     def script(root: str, page: str) -> None:
-        from app.dashboard import main
+        from logprobe.app.dashboard import main
 
         main(root=root, page=page)
 
@@ -1015,7 +1013,7 @@ def test_an_auth_section_puts_every_page_behind_sign_in(
 ) -> None:
     """The README's recipe: an ``[auth]`` section in ``.streamlit/secrets.toml`` (Streamlit's OIDC
     login) and ``logprobe ui`` shows nothing but a sign-in button until the provider says who you are."""
-    from app.dashboard import PAGES
+    from logprobe.app.dashboard import PAGES
 
     root, _ = hostile
     (tmp_path / ".streamlit").mkdir()

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import storage
-from storage import Store, Writer
+from logprobe import storage
+from logprobe.storage import Store, Writer
 
 
 def _many_files(root: Path, run_id: str = "r", files: int = 6, steps_per_file: int = 10) -> None:
@@ -130,7 +130,7 @@ def test_a_partition_larger_than_the_memory_limit_merges_by_spilling(
 ) -> None:
     """Four files of 1M metric rows each, steps interleaved across files, merged under a 64 MB
     DuckDB memory limit: the sort spills to disk and the result is whole and in step order."""
-    import storage._compact as compact_module
+    import logprobe.storage._compact as compact_module
 
     partition = tmp_path / "metrics" / "run_id=big"
     partition.mkdir(parents=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage import SOURCES, map_name
+from logprobe.storage import SOURCES, map_name
 
 # One step's keys per framework (values do not matter to the map), and what logprobe calls them.
 LOGGED = {

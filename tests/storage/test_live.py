@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import storage
-from storage import LiveSeries, Store, Writer
+from logprobe import storage
+from logprobe.storage import LiveSeries, Store, Writer
 
 
 def _log(root: Path, steps: range, value=lambda s: float(s % 7), rank: int = 0) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import storage
-from storage import Store
+from logprobe import storage
+from logprobe.storage import Store
 
 CHILD = Path(__file__).with_name("writer_child.py")
 pytestmark = pytest.mark.multiprocess

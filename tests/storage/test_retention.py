@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import storage
-from app.cli import main as cli_main
-from storage import Store, Writer
+from logprobe import storage
+from logprobe.app.cli import main as cli_main
+from logprobe.storage import Store, Writer
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0  # a fixed "now", so no test depends on the clock

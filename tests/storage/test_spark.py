@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage import SCHEMAS, Store, Writer
+from logprobe.storage import SCHEMAS, Store, Writer
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark is a test extra (requirements-test.txt)")
 pytestmark = pytest.mark.multiprocess

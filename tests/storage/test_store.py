@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import storage
-from storage import Store, Writer
+from logprobe import storage
+from logprobe.storage import Store, Writer
 
 
 def _write_run(root: Path, run_id: str, steps: int, names: list[str], **kw) -> None:

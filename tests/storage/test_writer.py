@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import storage
-from storage import Store, Writer
+from logprobe import storage
+from logprobe.storage import Store, Writer
 from tests.conftest import run_python
 
 

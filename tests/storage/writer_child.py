@@ -10,7 +10,7 @@ step, so a finite run stays live long enough for the parent to act beside it.
 import sys
 import time
 
-import collectors
+from logprobe import collectors
 
 root, run_id, index, steps, interval = (
     sys.argv[1],
