@@ -3,7 +3,7 @@
 Trainer ranks and rollout workers (alternating sources) each log 1,000 rows/s. The test proves
 every row lands exactly once, no reader query fails while thousands of files appear, the watcher
 fires the alert that one writer provokes, and ``log()``'s p99 stays within 2x of the idle figure
-(one writer alone, same rate, shape and duration).
+(one writer alone, same rate, shape and duration; the median of three such runs).
 
 Which p99: each writer's own, and the median of those is what is held to 2x. On this 2-core VM
 the 32 writers, the dashboard's DuckDB threads and the watcher oversubscribe the CPU, and the
@@ -34,6 +34,7 @@ WRITERS = 32
 ROWS_PER_S = 1_000
 NAMES = 5  # metrics per log() call: 200 calls/s per writer
 RUN = "loaded"
+IDLE_RUNS = 3
 
 
 def _writers(forkserver, root: Path, count: int, seconds: float) -> list[tuple]:
@@ -70,9 +71,15 @@ def _p99(reports: list[tuple]) -> float:
 
 def test_32_writers_with_dashboard_and_alert_watcher(tmp_path: Path, forkserver, figures) -> None:
     seconds = scale(15, 60)
-    idle_root = tmp_path / "idle"
-    idle = _collect(_writers(forkserver, idle_root, 1, seconds), timeout=seconds + 60)
-    idle_p99 = _p99(idle)
+    # The idle figure is the median of three lone runs: one run's p99 rests on its 30 slowest calls
+    # and moved between 46 and 92 us from run to run here, enough to fail a 2x gate by itself.
+    idle_runs = [
+        _collect(_writers(forkserver, tmp_path / f"idle-{i}", 1, seconds), timeout=seconds + 60)
+        for i in range(IDLE_RUNS)
+    ]
+    idle_p99s = sorted(_p99(run) for run in idle_runs)
+    idle_p99 = float(np.median(idle_p99s))
+    idle = idle_runs[0]
 
     root = tmp_path / "store"
     started = _writers(forkserver, root, WRITERS, seconds)
@@ -151,6 +158,7 @@ def test_32_writers_with_dashboard_and_alert_watcher(tmp_path: Path, forkserver,
         reader_round_p50_ms=round(float(np.median(query_seconds)) * 1000, 1),
         reader_round_max_ms=round(max(query_seconds) * 1000, 1),
         log_p99_idle_us=round(idle_p99 * 1e6, 1),
+        log_p99_idle_runs_us=[round(v * 1e6, 1) for v in idle_p99s],
         log_p99_per_writer_median_us=round(writer_p99 * 1e6, 1),
         p99_ratio=round(writer_p99 / idle_p99, 2),
         log_p99_pooled_us=round(load_p99 * 1e6, 1),
