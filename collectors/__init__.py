@@ -10,7 +10,7 @@ from logprobe.collectors._mismatch import HIST_EDGES, MISMATCH_METRICS, Mismatch
 from logprobe.collectors._rl_stats import rl_stats, token_entropy
 from logprobe.collectors._run import AlertFiredError, Run, init
 from logprobe.collectors._signatures import SIGNATURE_METRICS
-from logprobe.collectors._tap import tap_wandb
+from logprobe.collectors._tap import tap_tensorboard, tap_wandb
 
 __all__ = [
     "HIST_EDGES",
@@ -23,6 +23,7 @@ __all__ = [
     "compute_mismatch",
     "init",
     "rl_stats",
+    "tap_tensorboard",
     "tap_wandb",
     "token_entropy",
 ]

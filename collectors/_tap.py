@@ -1,4 +1,6 @@
-"""``tap_wandb()``: every ``wandb.log`` call of any framework, mirrored into logprobe with one line.
+"""Taps on the trackers frameworks already log to: every ``wandb.log`` (``tap_wandb()``) and every
+TensorBoard ``SummaryWriter.add_scalar`` (``tap_tensorboard()``) of any framework, mirrored into
+logprobe with one line in the user's script.
 
 Most RL frameworks (OpenRLHF, prime-rl, SkyRL, AReaL, slime, NeMo-RL, verl) log to W&B through
 their own code, so the place to listen is W&B's ``Run.log`` itself: the tap wraps that one method
@@ -8,6 +10,10 @@ logprobe's (``storage.map_name``), else under the name logged. The step follows 
 an explicit ``step`` moves the run's step forward (an older one is dropped, as W&B drops it), and a
 call without one lands on the current step and advances it unless ``commit=False``. A failure in
 the mirror is logged at debug level and never reaches the training loop.
+
+TensorBoard's writers (``torch.utils.tensorboard`` and ``tensorboardX``, used by OpenRLHF, NeMo-RL
+and verl's tensorboard backend) are tapped the same way, with TensorBoard's step rule: a value
+lands at the ``global_step`` given (0 without one, as TensorBoard records it), in any order.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 
 from logprobe.collectors._run import Run, init
 from logprobe.storage import SOURCES, map_name
+from logprobe.storage.importers import safe_run_id
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,7 @@ def tap_wandb(
     ``finish``. Call before or after ``wandb.init``."""
     from wandb.sdk.wandb_run import Run as WandbRun
 
-    if framework is not None and framework not in SOURCES:
-        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(SOURCES)}")
+    _check_framework(framework)
     if getattr(WandbRun.log, "_logprobe_tap", False):
         raise RuntimeError("wandb is already tapped in this process; call the untap() it returned first")
     mirrors: dict[int, _Mirror] = {}
@@ -124,6 +130,124 @@ def tap_wandb(
         mirrors.clear()
 
     return untap
+
+
+def tap_tensorboard(
+    run: Run | None = None,
+    *,
+    root: str | Path | None = None,
+    framework: str | None = None,
+    source: str = "trainer",
+) -> Callable[[], None]:
+    """Mirror every ``SummaryWriter.add_scalar``/``add_scalars`` in this process into logprobe;
+    returns ``untap()``. Taps ``torch.utils.tensorboard`` and ``tensorboardX``, whichever exist.
+
+    With ``run``, values go there; without, each writer gets its own logprobe run, ``tb-<name of its
+    log dir>`` (the id ``logprobe import tensorboard`` gives the same folder), opened on its first
+    scalar and closed by its ``close``. ``add_scalars("loss", {"a": x})`` lands as ``loss/a`` in
+    the writer's run (TensorBoard files it under a sub-folder of the log dir). Call before or after
+    creating the writers. ``framework`` as for :func:`tap_wandb`."""
+    _check_framework(framework)
+    classes = _summary_writers()
+    if any(getattr(cls.add_scalar, "_logprobe_tap", False) for cls in classes):
+        raise RuntimeError(
+            "TensorBoard is already tapped in this process; call the untap() it returned first"
+        )
+    mirrors: dict[int, Run] = {}
+    originals = {cls: (cls.add_scalar, cls.add_scalars, cls.close) for cls in classes}
+
+    def run_of(writer: Any) -> Run:
+        key = id(writer)
+        if key not in mirrors:
+            if run is not None:
+                mirrors[key] = run
+            else:
+                logdir = Path(str(getattr(writer, "log_dir", None) or getattr(writer, "logdir", "")))
+                mirrors[key] = init(
+                    run_id=safe_run_id("tb", logdir.name),
+                    root=root,
+                    name=logdir.name,
+                    project=logdir.parent.name or None,
+                    config={"logdir": str(logdir)},
+                    tags=["tensorboard"],
+                    source=source,
+                )
+        return mirrors[key]
+
+    def mirror(writer: Any, values: Mapping[str, Any], step: Any) -> None:
+        try:
+            numeric = {map_name(k, framework): v for k, v in _numbers(values).items()}
+            if numeric:
+                run_of(writer).log(int(step or 0), numeric)
+        except Exception as exc:  # the user's training loop comes first
+            log.debug("logprobe: tensorboard tap failed: %s", exc)
+
+    def tap(cls: type) -> None:
+        add_scalar, add_scalars, close = originals[cls]
+
+        @functools.wraps(add_scalar)
+        def tapped_add_scalar(self: Any, tag: str, scalar_value: Any, global_step: Any = None, *args, **kw):
+            result = add_scalar(self, tag, scalar_value, global_step, *args, **kw)
+            mirror(self, {tag: scalar_value}, global_step)
+            return result
+
+        @functools.wraps(add_scalars)
+        def tapped_add_scalars(
+            self: Any, main_tag: str, tag_scalar_dict: Any, global_step: Any = None, *args, **kw
+        ):
+            result = add_scalars(self, main_tag, tag_scalar_dict, global_step, *args, **kw)
+            mirror(self, {f"{main_tag}/{k}": v for k, v in dict(tag_scalar_dict).items()}, global_step)
+            return result
+
+        @functools.wraps(close)
+        def tapped_close(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return close(self, *args, **kwargs)
+            finally:
+                opened = mirrors.pop(id(self), None)
+                if opened is not None and run is None:
+                    try:
+                        opened.close()
+                    except Exception as exc:
+                        log.debug("logprobe: closing the tapped run failed: %s", exc)
+
+        tapped_add_scalar._logprobe_tap = True  # type: ignore[attr-defined]
+        cls.add_scalar, cls.add_scalars, cls.close = tapped_add_scalar, tapped_add_scalars, tapped_close
+
+    for cls in classes:
+        tap(cls)
+
+    def untap() -> None:
+        for cls, (add_scalar, add_scalars, close) in originals.items():
+            cls.add_scalar, cls.add_scalars, cls.close = add_scalar, add_scalars, close
+        if run is None:
+            for opened in mirrors.values():
+                opened.close()
+        mirrors.clear()
+
+    return untap
+
+
+def _summary_writers() -> list[type]:
+    """The SummaryWriter classes importable here: torch's and tensorboardX's."""
+    import importlib
+
+    classes = []
+    for module in ("torch.utils.tensorboard", "tensorboardX"):
+        try:
+            classes.append(importlib.import_module(module).SummaryWriter)
+        except ImportError:
+            continue
+    if not classes:
+        raise ImportError(
+            "no TensorBoard SummaryWriter here: install tensorboard (for torch's) or tensorboardX"
+        )
+    return classes
+
+
+def _check_framework(framework: str | None) -> None:
+    if framework is not None and framework not in SOURCES:
+        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(SOURCES)}")
 
 
 def _numbers(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import logprobe.vllm as lpv
 import logprobe
+import logprobe.vllm as lpv
 from logprobe.collectors.tiny_model import build_tiny_model
 
 PROMPTS = ["sum the digits of 12 and answer", "count from one to", "the trainer recomputes"]

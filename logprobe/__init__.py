@@ -39,6 +39,7 @@ __all__ = [
     "compute_mismatch",
     "init",
     "rl_stats",
+    "tap_tensorboard",
     "tap_wandb",
     "token_entropy",
 ]
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         compute_mismatch,
         init,
         rl_stats,
+        tap_tensorboard,
         tap_wandb,
         token_entropy,
     )
