@@ -7,7 +7,6 @@ modules only lay out what ``storage`` and ``monitor`` return.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,16 +89,16 @@ def top_causes(db: storage.Store, run_ids: Sequence[str]) -> dict[str, monitor.D
 def _fingerprints(db: storage.Store, run_ids: Sequence[str]) -> dict[str, str]:
     """Per run, a digest of the files a diagnosis of it reads now: its own partitions and its
     reference run's, in every table of :data:`DIAGNOSIS_TABLES` (one pass over the file lists)."""
-    by_partition: dict[str, list[str]] = {}
+    by_run: dict[str | None, list[str]] = {}
     for table in DIAGNOSIS_TABLES:
         for path in db.files(table):
-            by_partition.setdefault(os.path.basename(os.path.dirname(path)), []).append(f"{table}/{path}")
+            by_run.setdefault(storage.run_of_file(path), []).append(f"{table}/{path}")
     out = {}
     for run_id in run_ids:
         reference = monitor.reference_of(db, run_id)
         digest = hashlib.sha256(f"reference={reference}\n".encode())
-        for partition in dict.fromkeys(f"run_id={r}" for r in (run_id, reference) if r):
-            for name in sorted(by_partition.get(partition, ())):
+        for run in dict.fromkeys(r for r in (run_id, reference) if r):
+            for name in sorted(by_run.get(run, ())):
                 digest.update(f"{name}\n".encode())
         out[run_id] = digest.hexdigest()
     return out

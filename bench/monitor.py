@@ -9,7 +9,7 @@ Three numbers a person waits on (issue 16):
       (``monitor.metric_rows``) and its detectors (``monitor.feed`` plus ``findings()``), to show
       where the time goes;
   (b) an incremental tick: a ``RunMonitor`` that has consumed the whole run, then a new file of
-      ``--tick-steps`` steps appears; the tick reads only that file's rows (``metric_rows(paths=)``)
+      ``--tick-steps`` steps appears; the tick reads only that file's rows (``metric_rows(pick=)``)
       and feeds them. Also the kept scan the dashboard uses (``monitor.run_findings``: state loaded
       from and saved to ``$LOGPROBE_CACHE_DIR/findings``), after ``store.refresh()``;
   (c) the dashboard's Runs page over ``--ui-runs`` runs of ``--ui-steps`` steps in headless Chromium
@@ -355,7 +355,8 @@ def measure_ticks(
         new = [p for p in files if p not in seen]
         seen.update(new)
         before = run_monitor.points
-        t_read, table = _timed(lambda new=new: monitor.metric_rows(store, run_id, paths=new))
+        pick_new = lambda _files, new=new: new  # noqa: E731 (the tick reads this one file)
+        t_read, table = _timed(lambda pick_new=pick_new: monitor.metric_rows(store, run_id, pick=pick_new))
         t_feed, _ = _timed(lambda table=table: monitor.feed(run_monitor, table))
         if len(new) != 1 or table.num_rows != tick_rows or run_monitor.points - before != tick_rows:
             raise BenchmarkError(
@@ -589,7 +590,7 @@ def render(result: dict) -> str:
         f"(`{DUCKDB_SQL}`). The split times `monitor.metric_rows` (the read) and `monitor.feed` + "
         "`findings()` (the detectors) separately. A tick writes one new file of "
         f"{result['tick_steps']} steps x {n_metrics} metrics into a run whose `RunMonitor` consumed "
-        "every earlier row, then reads only that file (`metric_rows(paths=[new])`) and feeds it. "
+        "every earlier row, then reads only that file (`metric_rows(pick=...)` picks it) and feeds it. "
         f"Times are medians of {result['repeats']} repeats ({result['ticks_n']} ticks, after one "
         "untimed) on a warm page cache; every result is checked. The machine has 2 cores and other "
         "work was running on it, so the numbers are noisy; compare ratios more than absolute times.",

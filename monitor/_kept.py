@@ -18,12 +18,13 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from logprobe import storage
 from logprobe.monitor._findings import Finding
 from logprobe.monitor._online import RunMonitor
 from logprobe.monitor._scan import feed, metric_rows, monitor_for
-from logprobe.storage import Store
+from logprobe.storage import Store, files_of_runs
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +77,30 @@ class KeptScan:
         self.updates = 0  # updates that read new files
 
     def update(self) -> list[Finding]:
-        partition = f"run_id={self.run_id}"
-        files = [p for p in self.store.files("metrics") if Path(p).parent.name == partition]
-        names = {Path(p).name: p for p in files}
         monitor, seen = self._load()
-        if monitor is None or not seen <= set(names):  # new, or compaction merged files it had read
-            monitor, seen = monitor_for(self.store, self.run_id), set()
+        picked: dict[str, Any] = {}
+
+        def new_files(files: list[str]) -> list[str]:
+            # Called again on a retry, over the files that exist then (a compaction may land between).
+            names = {os.path.basename(p): p for p in files_of_runs(files, {self.run_id})}
+            picked["names"], picked["rescan"] = set(names), monitor is None or not seen <= set(names)
+            picked["paths"] = [p for n, p in names.items() if picked["rescan"] or n not in seen]
+            return picked["paths"]
+
+        current = {os.path.basename(p) for p in self.store.run_files("metrics", self.run_id)}
+        self.rows_read = 0
+        if monitor is not None and seen == current:
+            return monitor.findings()
+        table = metric_rows(self.store, self.run_id, pick=new_files)
+        if picked["rescan"]:  # new, or a compaction merged files it had read
+            monitor = monitor_for(self.store, self.run_id)
             self.scans += 1
         assert monitor is not None
-        new = [path for name, path in names.items() if name not in seen]
-        self.rows_read = 0
-        if new:
-            table = metric_rows(self.store, self.run_id, paths=new)
+        if picked["paths"]:
             self.rows_read = table.num_rows
             feed(monitor, table)
             self.updates += 1
-            self._save(monitor, set(names))
+            self._save(monitor, picked["names"])
         return monitor.findings()
 
     def _load(self) -> tuple[RunMonitor | None, set[str]]:

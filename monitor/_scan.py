@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,16 +33,20 @@ def detect(
 
 
 def metric_rows(
-    store: Store, run_id: str, paths: list[str] | None = None, after: int | None = None
+    store: Store,
+    run_id: str,
+    pick: Callable[[list[str]], Iterable[str]] | None = None,
+    after: int | None = None,
 ) -> pa.Table:
-    """A run's metric rows as (name, step, value) in file order; only from ``paths`` and past step
-    ``after`` when given (a tick reads what is new). Neither grouped nor sorted here: sorting 20M
-    rows by a text key is most of a scan's cost in DuckDB, and ``feed`` does it on integer codes."""
-    source = "metrics" if paths is None else store.source(paths)
-    return store.sql(
-        f"SELECT name, step, value FROM {source} WHERE run_id = ? AND step > ?",
-        [run_id, -(2**63) if after is None else after],
-    )
+    """A run's metric rows as (name, step, value) in file order; only from the files ``pick``
+    chooses (``Store.sql_over_files``: a tick reads what is new) and past step ``after`` when
+    given. Neither grouped nor sorted here: sorting 20M rows by a text key is most of a scan's cost
+    in DuckDB, and ``feed`` does it on integer codes."""
+    query = "SELECT name, step, value FROM {source} WHERE run_id = ? AND step > ?"
+    params = [run_id, -(2**63) if after is None else after]
+    if pick is None:
+        return store.sql(query.replace("{source}", "metrics"), params)
+    return store.sql_over_files("metrics", pick, query, params)
 
 
 def feed(monitor: RunMonitor, table: pa.Table) -> list[Finding]:

@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Callable
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -44,17 +43,25 @@ class AlertWatcher:
     def tick(self) -> list[Alert]:
         """Process every step written since the last tick; returns the alerts that changed state."""
         self.store.refresh()
-        files = self.store.files("metrics")
-        new = [f for f in files if f not in self._seen]
-        if not new:
+        if all(f in self._seen for f in self.store.files("metrics")):
             return []
-        try:
-            table = self._rows_past_cursors(new)
-        except duckdb.IOException:  # a compaction replaced files under the query: look again
-            self.store.refresh()
-            files = self.store.files("metrics")
-            table = self._rows_past_cursors([f for f in files if f not in self._seen])
-        self._seen = set(files)  # files compacted away are forgotten, so the set stays small
+        listed: list[str] = []
+
+        def new_files(files: list[str]) -> list[str]:
+            # Called again on a retry, over the files that exist then (a compaction may land between).
+            listed[:] = files
+            return [f for f in files if f not in self._seen]
+
+        table = self.store.sql_over_files(
+            "metrics",
+            new_files,
+            "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
+            "SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {source} m "
+            "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
+            "GROUP BY ALL",
+            [list(self._cursor), list(self._cursor.values())],
+        )
+        self._seen = set(listed)  # files compacted away are forgotten, so the set stays small
         if table.num_rows == 0:
             return []
         recorded = self._detect(table)
@@ -108,17 +115,6 @@ class AlertWatcher:
                 for finding in changed:
                     self.writer.append("findings", run_id, {**finding.row(), "ts": now, "source": "watcher"})
         return recorded
-
-    def _rows_past_cursors(self, paths: list[str]) -> pa.Table:
-        if not paths:
-            return pa.table({"run_id": [], "step": [], "name": [], "value": []})
-        return self.store.sql(
-            "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
-            f"SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {self.store.source(paths)} m "
-            "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
-            "GROUP BY ALL",
-            [list(self._cursor), list(self._cursor.values())],
-        )
 
     def run(
         self,

@@ -8,6 +8,7 @@ from logprobe.storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve
 from logprobe.storage._live import LiveSeries
 from logprobe.storage._mirror import cache_root
 from logprobe.storage._names import SOURCES, TRL, VERL, map_name
+from logprobe.storage._partitions import files_of_runs, run_of_file
 from logprobe.storage._queries import (
     DEFAULT_MAX_POINTS,
     X_AXES,
@@ -58,6 +59,7 @@ __all__ = [
     "connect",
     "engines",
     "events",
+    "files_of_runs",
     "findings",
     "flatten_flags",
     "histogram_matrix",
@@ -68,6 +70,7 @@ __all__ = [
     "metrics_after",
     "monitored_runs",
     "resolve_root",
+    "run_of_file",
     "sequences",
     "step_metrics",
     "version_gaps",

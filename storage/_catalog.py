@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from logprobe.storage._layout import SUFFIX, TMP_PREFIX
+from logprobe.storage._partitions import partitions, run_of_file
 from logprobe.storage._schema import SCHEMAS, TABLES
 
 SUPERSEDES_KEY = b"logprobe.supersedes"
@@ -71,16 +72,12 @@ class Catalog:
         for table in tables:
             infos: list[FileInfo] = []
             table_dir = self.root / table
-            for partition in _listdir(table_dir):
-                if not partition.name.startswith("run_id="):
-                    continue
-                if run_ids is not None and partition.name[len("run_id=") :] not in run_ids:
-                    continue
+            for partition in partitions(table_dir, run_ids):
                 infos.extend(self._partition_files(partition, snap, seen))
             snap.files[table] = infos
         # Forget footers of files that are gone (compacted away or deleted).
         for path in list(self._footers):
-            if path not in seen and (run_ids is None or path.parent.name[len("run_id=") :] in run_ids):
+            if path not in seen and (run_ids is None or run_of_file(path) in run_ids):
                 del self._footers[path]
         return snap
 
@@ -243,13 +240,6 @@ FROM parquet_metadata(?)
 WHERE path_in_schema IN (SELECT unnest(?))
 GROUP BY ALL
 """
-
-
-def _listdir(directory: Path) -> list[Path]:
-    try:
-        return sorted(Path(e.path) for e in os.scandir(directory) if e.is_dir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _scandir(directory: Path) -> list[os.DirEntry[str]]:

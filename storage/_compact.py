@@ -25,9 +25,10 @@ import duckdb
 import pyarrow.parquet as pq
 
 from logprobe.storage._catalog import SUPERSEDES_KEY, Catalog, FileInfo
-from logprobe.storage._layout import SUFFIX, TMP_PREFIX, data_file_name, resolve_root, run_id_of, temp_path
+from logprobe.storage._layout import SUFFIX, TMP_PREFIX, data_file_name, resolve_root, temp_path
 from logprobe.storage._mirror import Mirror
 from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._partitions import partitions
 from logprobe.storage._resources import default_memory_limit
 from logprobe.storage._schema import SCHEMAS, TABLES
 
@@ -60,12 +61,7 @@ def compact(
     catalog = Catalog(base)
     report = CompactReport()
     for table in tables:
-        table_dir = base / table
-        if not table_dir.is_dir():
-            continue
-        for partition in sorted(p for p in table_dir.iterdir() if p.name.startswith("run_id=")):
-            if run_ids is not None and run_id_of(partition) not in run_ids:
-                continue
+        for partition in partitions(base / table, run_ids):
             if not catalog.inside(partition):
                 continue  # a symlink out of the root: never merge or delete files over there
             _compact_partition(catalog, partition, min_files, report)
@@ -185,9 +181,7 @@ def _compact_object_root(
     catalog = Catalog(mirror.dir)
     report = CompactReport()
     for table in tables:
-        for partition in sorted((mirror.dir / table).glob("run_id=*")):
-            if run_ids is not None and run_id_of(partition) not in run_ids:
-                continue
+        for partition in partitions(mirror.dir / table, run_ids):
             report.partitions += 1
             report.leftovers_removed += remove_object_leftovers(remote, table, partition)
             files, bad = catalog.partition(partition)

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from logprobe.storage._objectstore import ObjectRoot, is_object_uri
+from logprobe.storage._partitions import partition_name
 from logprobe.storage._schema import TABLES
 
 DEFAULT_ROOT = "./logprobe-data"
@@ -57,7 +58,7 @@ def check_table(table: str) -> str:
 
 
 def partition_dir(root: Path, table: str, run_id: str) -> Path:
-    return root / table / f"run_id={run_id}"
+    return root / table / partition_name(run_id)
 
 
 def data_file_name(writer_id: str, seq: int) -> str:
@@ -66,7 +67,3 @@ def data_file_name(writer_id: str, seq: int) -> str:
 
 def temp_path(final: Path) -> Path:
     return final.with_name(f"{TMP_PREFIX}{final.name}.{os.getpid()}.tmp")
-
-
-def run_id_of(partition: Path) -> str:
-    return partition.name.split("=", 1)[1]

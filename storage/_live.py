@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from logprobe.storage._partitions import files_of_runs
 from logprobe.storage._queries import DEFAULT_MAX_POINTS, X_AXES, metric_series
 from logprobe.storage._store import Store
 
@@ -78,19 +78,31 @@ class LiveSeries:
     def update(self, store: Store) -> bool:
         """Bring the series up to date with the store; True when anything changed."""
         store.refresh()
-        runs = set(self.run_ids)
-        files = {p for p in store.files("metrics") if Path(p).parent.name.removeprefix("run_id=") in runs}
-        if self._files is None or not self._files <= files:
-            self._load(store, files)
-            return True
-        new = sorted(files - self._files)
-        if not new:
+        runs, seen = set(self.run_ids), self._files
+        current = set(files_of_runs(store.files("metrics"), runs))
+        if current == seen:
             return False
-        rows = store.sql(
-            f"SELECT run_id, name, CAST({X_AXES[self.x]} AS DOUBLE) AS x, value FROM {store.source(new)} "
+        if seen is None or not seen <= current:  # first load, or a compaction merged files read
+            self._load(store, current)
+            return True
+        picked: dict[str, set[str]] = {}
+
+        def new_files(files: list[str]) -> list[str]:
+            # Called again on a retry, over the files that exist then.
+            picked["files"] = mine = set(files_of_runs(files, runs))
+            return sorted(mine - seen) if seen <= mine else []
+
+        rows = store.sql_over_files(
+            "metrics",
+            new_files,
+            f"SELECT run_id, name, CAST({X_AXES[self.x]} AS DOUBLE) AS x, value FROM {{source}} "
             f"WHERE name IN (SELECT unnest(?)) AND {X_AXES[self.x]} IS NOT NULL ORDER BY run_id, name, x, ts",
             [self.names],
         )
+        files = picked["files"]
+        if not seen <= files:  # a compaction landed between the listing and the query
+            self._load(store, files)
+            return True
         self._files = files
         self.rows_read += rows.num_rows
         if not rows.num_rows:

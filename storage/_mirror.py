@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from logprobe.storage._layout import SUFFIX, TMP_PREFIX, check_name, run_id_of
+from logprobe.storage._layout import SUFFIX, TMP_PREFIX, check_name
 from logprobe.storage._objectstore import ObjectRoot, RemoteFile
+from logprobe.storage._partitions import run_of_partition
 from logprobe.storage._schema import TABLES
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ class Mirror:
 
 def _valid_partition(name: str) -> bool:
     try:
-        check_name("run id", run_id_of(Path(name)))
+        check_name("run id", run_of_partition(name))
     except ValueError:
         return False
     return True

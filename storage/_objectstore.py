@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from logprobe.storage._partitions import is_partition
+
 SCHEME = "s3://"
 # A flush thread must not hang on a dead endpoint; a failed PUT is retried at the next flush.
 CONNECT_TIMEOUT_S = 5.0
@@ -110,7 +112,7 @@ class ObjectRoot:
         return sorted(
             name
             for info in infos
-            if info.type == pafs.FileType.Directory and (name := info.base_name).startswith("run_id=")
+            if info.type == pafs.FileType.Directory and is_partition(name := info.base_name)
         )
 
     def files(self, table: str, partition: str) -> list[RemoteFile]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +33,9 @@ from logprobe.storage._compact import (
     partition_lock,
     remove_object_leftovers,
 )
-from logprobe.storage._layout import resolve_root, run_id_of
+from logprobe.storage._layout import resolve_root
 from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._partitions import partitions
 from logprobe.storage._schema import TABLES
 
 # Tables that identify a run; deleting their rows would orphan everything else the run logged.
@@ -115,21 +116,11 @@ def apply_retention(
     for table, days in days_by_table.items():
         report.tables[table] = TableRetention()
         cutoff = now - days * SECONDS_PER_DAY
-        for partition in _partitions(base, table, run_ids):
+        for partition in partitions(base / table, run_ids):
             if not catalog.inside(partition):
                 continue  # a symlink out of the root: never delete files over there
             _expire_partition(catalog, table, partition, cutoff, report)
     return report
-
-
-def _partitions(base: Path, table: str, run_ids: list[str] | None) -> Iterator[Path]:
-    """The ``run_id=`` folders of ``table`` (only those of ``run_ids`` when given)."""
-    table_dir = base / table
-    if not table_dir.is_dir():
-        return
-    for partition in sorted(p for p in table_dir.iterdir() if p.name.startswith("run_id=")):
-        if run_ids is None or run_id_of(partition) in run_ids:
-            yield partition
 
 
 def _expire_partition(
@@ -163,7 +154,7 @@ def _object_root_retention(
     for table, days in days_by_table.items():
         report.tables[table] = TableRetention()
         cutoff = now - days * SECONDS_PER_DAY
-        for partition in _partitions(mirror.dir, table, run_ids):
+        for partition in partitions(mirror.dir / table, run_ids):
             report.partitions += 1
             report.leftovers_removed += remove_object_leftovers(remote, table, partition)
 

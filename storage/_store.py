@@ -2,8 +2,10 @@
 
 Each table is a view over an explicit list of the catalog's good files (not a glob), so a corrupt
 file or a compaction's leftovers can be kept out. ``refresh()`` rebuilds only the views whose files
-changed; ``sql()`` refreshes and retries once when a file vanished under a query (a compaction
-removed it), which is what makes compaction safe for live readers.
+changed; a query refreshes and retries when a file vanished under it (a compaction removed it),
+which is what makes compaction safe for live readers. A query over chosen files rather than a view
+(``sql_over_files``: one run's, or only the new ones) takes a rule that picks them, not a list, so
+the retry picks again from the files that exist then.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from logprobe.storage._catalog import Catalog
+from logprobe.storage._catalog import Catalog, Snapshot
 from logprobe.storage._layout import resolve_root
 from logprobe.storage._mirror import Mirror
 from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._partitions import files_of_runs, run_of_file
 from logprobe.storage._resources import default_memory_limit
 from logprobe.storage._schema import TABLES, duckdb_columns
 
@@ -106,22 +109,19 @@ class Store:
         if self.mirror is not None:
             age = self.sync_max_age_s if max_age_s is None else max_age_s
             self.mirror.sync(full=full, max_age_s=age)
-        snap = self._catalog.scan()
-        self._snapshot = snap
-        self._schema_of = {str(f.path): f.schema_key for infos in snap.files.values() for f in infos}
         changed = False
-        for table in TABLES:
-            paths = snap.paths(table)
-            if self._view_files.get(table) == paths:
-                continue
-            changed = True
-            self._view_files[table] = paths
-            empty = f"{INTERNAL_SCHEMA}.empty_{table}"
-            if paths:
-                body = f"SELECT * FROM {self.source(paths)} UNION ALL BY NAME SELECT * FROM {empty}"
-            else:
-                body = f"SELECT * FROM {empty}"
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+        for tries_left in range(MAX_ATTEMPTS - 1, -1, -1):
+            snap = self._catalog.scan()
+            self._snapshot = snap
+            self._schema_of = {str(f.path): f.schema_key for infos in snap.files.values() for f in infos}
+            try:
+                changed |= self._point_views(snap)
+                break
+            except duckdb.IOException:
+                # DuckDB looks for the files when it binds the view: a compaction that deleted
+                # some between the scan and here fails it. Scan again.
+                if not tries_left:
+                    raise
         if snap.bad_files != self.bad_files:
             for path, reason in snap.bad_files.items():
                 if path not in self.bad_files:
@@ -135,6 +135,23 @@ class Store:
                 )
         return changed
 
+    def _point_views(self, snap: Snapshot) -> bool:
+        """Re-point each view whose files changed at ``snap``'s files; True if any did."""
+        changed = False
+        for table in TABLES:
+            paths = snap.paths(table)
+            if self._view_files.get(table) == paths:
+                continue
+            empty = f"{INTERNAL_SCHEMA}.empty_{table}"
+            if paths:
+                body = f"SELECT * FROM {self.source(paths)} UNION ALL BY NAME SELECT * FROM {empty}"
+            else:
+                body = f"SELECT * FROM {empty}"
+            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {body}")
+            self._view_files[table] = paths
+            changed = True
+        return changed
+
     def files(self, table: str) -> list[str]:
         """The files the ``table`` view reads now (as of the last ``refresh()``)."""
         return list(self._view_files.get(table) or [])
@@ -142,11 +159,10 @@ class Store:
     def column_range(self, table: str, run_id: str, column: str) -> tuple[float, float] | None:
         """(min, max) of ``column`` over one run's files, from footer statistics (no scan); None when
         a file lacks them. ``ts`` comes back as epoch seconds."""
-        partition = f"run_id={run_id}"
         infos = [
             f
             for f in (self._snapshot.files.get(table, []) if self._snapshot else [])
-            if f.path.parent.name == partition
+            if run_of_file(f.path) == run_id
         ]
         if not infos or any(column not in f.ranges for f in infos):
             return None
@@ -161,10 +177,10 @@ class Store:
         """
         infos = self._snapshot.files.get(table, []) if self._snapshot else []
         known = [f for f in infos if "step" in f.ranges and "ts" in f.ranges]
-        unknown = [str(f.path) for f in infos if not ("step" in f.ranges and "ts" in f.ranges)]
+        unknown = {str(f.path) for f in infos if not ("step" in f.ranges and "ts" in f.ranges)}
         per_file = pa.table(
             {
-                "run_id": pa.array([f.path.parent.name.removeprefix("run_id=") for f in known], pa.string()),
+                "run_id": pa.array([run_of_file(f.path) for f in known], pa.string()),
                 "rows": pa.array([f.num_rows for f in known], pa.int64()),
                 "last_step": pa.array([int(f.ranges["step"][1]) for f in known], pa.int64()),
                 # epoch seconds as a double hold microseconds exactly enough to round back to them
@@ -174,12 +190,11 @@ class Store:
             }
         )
         if unknown:
-            scanned = self._with_retry(
-                lambda: self.con.sql(
-                    "SELECT run_id, count(*)::BIGINT AS rows, max(step)::BIGINT AS last_step, "
-                    f"max(ts) AS last_ts FROM {self.source(unknown)} GROUP BY run_id"
-                ).to_arrow_table(),
-                (table,),
+            scanned = self.sql_over_files(
+                table,
+                lambda files: [f for f in files if f in unknown],
+                "SELECT run_id, count(*)::BIGINT AS rows, max(step)::BIGINT AS last_step, "
+                "max(ts) AS last_ts FROM {source} GROUP BY run_id",
             )
             per_file = pa.concat_tables([per_file, scanned.cast(per_file.schema)])
         agg = per_file.group_by("run_id").aggregate(
@@ -211,25 +226,44 @@ class Store:
             return parts[0]
         return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {part}" for part in parts) + ")"
 
+    def run_files(self, table: str, run_id: str) -> list[str]:
+        """The files of one run that the ``table`` view reads now."""
+        return files_of_runs(self.files(table), {run_id})
+
     def sql_over_run(self, table: str, run_id: str, query: str, params: list[Any] | None = None) -> pa.Table:
         """Run ``query`` with ``{source}`` standing for one run's files of ``table``.
 
         The table views union every file by name, and DuckDB reads each file's schema for that on
         every query, even when partition pruning then skips the file: with 300 files, a one-run
-        query over the view took 130 ms, over the run's own files 5.5 ms (bench/scale.py). A
-        compaction that replaces the files mid-query triggers one refresh and a rebuilt retry.
+        query over the view took 130 ms, over the run's own files 5.5 ms (bench/scale.py).
+        """
+        return self.sql_over_files(table, lambda files: files_of_runs(files, {run_id}), query, params)
+
+    def sql_over_files(
+        self,
+        table: str,
+        pick: Callable[[list[str]], Iterable[str]],
+        query: str,
+        params: list[Any] | None = None,
+    ) -> pa.Table:
+        """Run ``query`` with ``{source}`` standing for the files of ``table`` that ``pick`` chooses
+        from the view's current list (an empty relation with the table's columns if none).
+
+        A compaction that replaces files between the pick and the query fails the query; the retry
+        refreshes and calls ``pick`` again on the files that exist then, so a reader that wants only
+        new files, or one run's, never asks DuckDB for a file that is gone. ``pick`` may record what
+        it chose: its last call is the one whose result is returned.
         """
 
         def attempt() -> pa.Table:
-            partition = f"run_id={run_id}"
-            paths = [p for p in self.files(table) if Path(p).parent.name == partition]
+            paths = list(pick(self.files(table)))
             empty = f"{INTERNAL_SCHEMA}.empty_{table}"
             source = (
                 f"(SELECT * FROM {self.source(paths)} UNION ALL BY NAME SELECT * FROM {empty})"
                 if paths
                 else empty
             )
-            return self.con.sql(query.format(source=source), params=params).to_arrow_table()
+            return self.con.sql(query.replace("{source}", source), params=params).to_arrow_table()
 
         return self._with_retry(attempt, (table,))
 

@@ -42,6 +42,7 @@ from logprobe.storage._layout import (
     temp_path,
 )
 from logprobe.storage._objectstore import ObjectRoot
+from logprobe.storage._partitions import partition_name
 from logprobe.storage._schema import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -357,7 +358,7 @@ class Writer:
         name = data_file_name(self.writer_id, self._seq)
         self._seq += 1
         if isinstance(self.root, ObjectRoot):
-            self.root.put_table(self.root.key(table, f"run_id={run_id}", name), tbl, self.compression)
+            self.root.put_table(self.root.key(table, partition_name(run_id), name), tbl, self.compression)
             return
         if self._root_made and not self.root.is_dir():
             self._root_lost()

@@ -13,6 +13,7 @@ import numpy as np
 
 from logprobe import collectors, monitor, storage
 from logprobe.storage import Store, Writer
+from tests.storage.test_live import CompactingStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,3 +159,36 @@ def test_findings_command_json(tmp_path: Path) -> None:
         timeout=120,
     )
     assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+
+
+def test_compactions_between_listing_and_query_reach_neither_watcher_nor_kept_scan(tmp_path: Path) -> None:
+    k3 = _healthy_then_bad(300, onset=250)
+
+    def log(steps: range) -> None:
+        with Writer(tmp_path) as producer:
+            for step in steps:
+                producer.log_metrics("live", step, {"mismatch/k3": k3[step]})
+
+    log(range(0, 100))
+    log(range(100, 150))
+    store = CompactingStore(tmp_path)
+    watcher = monitor.AlertWatcher(store, monitor.AlertEngine(rules=[]))
+    kept = monitor._kept.KeptScan(store, "live")
+    watcher.tick()
+    kept.update()
+    for start in (150, 200, 250):
+        log(range(start, start + 25))
+        log(range(start + 25, start + 50))
+        merged, store.pending = store.merged, 2  # after the first listing, and again in the retry
+        watcher.tick()  # must not raise
+        store.refresh()  # as readers do before asking (monitor.run_findings)
+        store.pending = 2
+        kept.update()  # must not raise
+        assert store.merged > merged and kept.rows_read > 0
+    watcher.tick()
+    store.refresh()
+    found = kept.update()
+    assert [(f.detector, f.step_first) for f in found if f.detector == "threshold"] == [("threshold", 250)]
+    assert found == monitor.detect_run(Store(tmp_path), "live")
+    live = watcher.monitors["live"].findings()
+    assert [(f.detector, f.step_first) for f in live if f.detector == "threshold"] == [("threshold", 250)]

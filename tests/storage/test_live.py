@@ -59,3 +59,81 @@ def test_compaction_forces_a_clean_reload_without_double_counting(tmp_path: Path
         .select(["run_id", "name", "x", "min", "max", "last", "count"])
         .equals(full.select(["run_id", "name", "x", "min", "max", "last", "count"]))
     )
+
+
+class CompactingStore(Store):
+    """A real Store over a real root whose file listing is followed, ``pending`` times, by a writer
+    flushing one more file and a real compaction of the root: the compaction lands after a reader
+    listed its files and before DuckDB opens them, the window a live dashboard hits when
+    `logprobe compact --every` runs beside it."""
+
+    pending = 0
+    merged = 0
+    next_step = 10_000  # the rows the seam writes itself, past the test's own steps
+
+    def files(self, table: str) -> list[str]:
+        listed = super().files(table)
+        if self.pending and table == "metrics":
+            self.pending -= 1
+            _log(self.location, range(self.next_step, self.next_step + 3), rank=2)
+            self.next_step += 3
+            self.merged += storage.compact(self.location).files_merged
+        return listed
+
+
+def _same_as_a_full_query(live: LiveSeries, store: Store, names: list[str]) -> None:
+    full = storage.metric_series(store, ["r"], names, max_points=1000)
+    cols = ["run_id", "name", "x", "min", "max", "last", "count"]
+    assert live.table().select(cols).equals(full.select(cols))
+
+
+def test_compactions_between_listing_and_query_never_reach_the_chart(tmp_path: Path) -> None:
+    _log(tmp_path, range(20))
+    _log(tmp_path, range(20, 40))
+    store = CompactingStore(tmp_path)
+    live = LiveSeries(["r"], ["a", "b"], max_points=1000)
+    live.update(store)
+    for round_ in range(6):
+        start = 40 + 30 * round_
+        _log(tmp_path, range(start, start + 15))
+        _log(tmp_path, range(start + 15, start + 30), rank=1)
+        merged, store.pending = store.merged, 1 + round_ % 2  # once, or again during the retry
+        assert live.update(store)  # must not raise: the retry picks the files that exist now
+        assert store.pending == 0 and store.merged > merged
+        live.update(store)  # the seam's last file, if the update's final listing came before it
+        _same_as_a_full_query(live, store, ["a", "b"])
+    written = 220 + (store.next_step - 10_000)
+    assert sum(b["count"] for b in live.table().to_pylist() if b["name"] == "a") == written
+
+
+def test_a_compaction_loop_beside_a_live_chart(tmp_path: Path) -> None:
+    """The same race left to the scheduler: a thread compacts as fast as it can while a writer
+    appends and the chart refreshes; no refresh may fail and the chart ends equal to the store."""
+    import threading
+
+    _log(tmp_path, range(10))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def compact_loop() -> None:
+        while not stop.is_set():
+            try:
+                storage.compact(tmp_path)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+    thread = threading.Thread(target=compact_loop, daemon=True)
+    thread.start()
+    store = Store(tmp_path)
+    live = LiveSeries(["r"], ["a"], max_points=1000)
+    try:
+        for step in range(10, 210, 5):
+            _log(tmp_path, range(step, step + 5))
+            live.update(store)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors, errors
+    live.update(store)
+    _same_as_a_full_query(live, store, ["a"])
+    assert sum(b["count"] for b in live.table().to_pylist()) == 210
