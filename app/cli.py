@@ -773,11 +773,8 @@ FINDING_SCHEMA = pa.schema(
 def alerts_list(root: str, fmt: str, run_ids: tuple[str, ...]) -> None:
     """The alerts recorded so far, newest first."""
     with storage.Store(root) as store:
-        where = "WHERE run_id IN (SELECT unnest(?))" if run_ids else ""
-        table = store.sql(
-            f"SELECT ts, run_id, step, state, severity, rule, value, threshold, message FROM alerts {where} "
-            "ORDER BY ts DESC",
-            [list(run_ids)] if run_ids else None,
+        table = storage.alerts(store, list(run_ids) or None).select(
+            ["ts", "run_id", "step", "state", "severity", "rule", "value", "threshold", "message"]
         )
     _emit(table, fmt)
 

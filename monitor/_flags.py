@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from logprobe import storage
 from logprobe.storage import VOLATILE_ENGINE_FLAGS, Store, flatten_flags
 
 # Engine columns that describe the process, not the engine's settings.
@@ -61,25 +62,22 @@ def engine_flags(row: dict[str, Any]) -> dict[str, Any]:
 
 def segments(store: Store, metric: str, run_ids: list[str] | None = None) -> list[Segment]:
     """Every run's engine-configuration segments with the metric's mean over each."""
-    where = "WHERE run_id IN (SELECT unnest(?))" if run_ids is not None else ""
-    params = [list(run_ids)] if run_ids is not None else []
-    rows = store.sql(f"SELECT * FROM engines {where} ORDER BY run_id, coalesce(step_first, -1), ts", params)
     by_run: dict[str, list[dict[str, Any]]] = {}
-    for row in rows.to_pylist():
+    for row in storage.engines(store, run_ids).to_pylist():
         by_run.setdefault(row["run_id"], []).append(row)
-    out: list[Segment] = []
+    spans: list[tuple[str, int, int | None]] = []
+    rows: list[dict[str, Any]] = []
     for run_id, configs in by_run.items():
         for i, row in enumerate(configs):
             first = row["step_first"] if row["step_first"] is not None else 0
             nxt = configs[i + 1]["step_first"] if i + 1 < len(configs) else None
-            last = None if nxt is None else nxt - 1
-            value = store.sql(
-                "SELECT avg(value) FROM metrics WHERE run_id = ? AND name = ? AND step >= ? "
-                "AND (? IS NULL OR step <= ?) AND isfinite(value)",
-                [run_id, metric, first, last, last],
-            )[0][0].as_py()
-            out.append(Segment(run_id, first, last, engine_flags(row), value))
-    return out
+            spans.append((run_id, first, None if nxt is None else nxt - 1))
+            rows.append(row)
+    means = storage.span_means(store, metric, spans)
+    return [
+        Segment(run_id, first, last, engine_flags(row), mean)
+        for (run_id, first, last), row, mean in zip(spans, rows, means, strict=True)
+    ]
 
 
 def flag_effects(segs: list[Segment]) -> list[FlagEffect]:

@@ -206,9 +206,29 @@ def metrics_after(
 
 
 def engines(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
-    """The engine configurations seen per run, oldest first."""
+    """The engine configurations seen per run, in the order they took effect (the step they
+    start at, then when they were recorded)."""
     where, params = _run_filter(run_ids)
-    return store.sql(f"SELECT * FROM engines {where} ORDER BY run_id, ts", params)
+    return store.sql(f"SELECT * FROM engines {where} ORDER BY run_id, coalesce(step_first, -1), ts", params)
+
+
+def span_means(store: Store, metric: str, spans: Sequence[tuple[str, int, int | None]]) -> list[float | None]:
+    """The mean of ``metric`` over each (run_id, first step, last step or None for open-ended) span,
+    finite values only, in one pass; None for a span with no value."""
+    if not spans:
+        return []
+    run_ids, firsts, lasts = (list(column) for column in zip(*spans, strict=True))
+    rows = store.sql(
+        "WITH s AS (SELECT unnest(?) AS i, unnest(?) AS run_id, unnest(?) AS first, "
+        "unnest(?::BIGINT[]) AS last) "
+        "SELECT s.i, avg(m.value) AS mean FROM s JOIN metrics m ON m.run_id = s.run_id AND m.name = ? "
+        "AND m.step >= s.first AND (s.last IS NULL OR m.step <= s.last) AND isfinite(m.value) GROUP BY s.i",
+        [list(range(len(spans))), run_ids, firsts, lasts, metric],
+    ).to_pylist()
+    means: list[float | None] = [None] * len(spans)
+    for row in rows:
+        means[row["i"]] = row["mean"]
+    return means
 
 
 def _run_filter(run_ids: Sequence[str] | None) -> tuple[str, list]:
