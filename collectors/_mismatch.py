@@ -97,7 +97,7 @@ def compute_mismatch(
     sample_seed: int = 0,
 ) -> MismatchResult:
     """All ``mismatch/*`` metrics for one step, and with ``signatures`` the ``signature/*`` ones that
-    tell causes apart; see DESIGN.md and :mod:`collectors._signatures` for the formulas.
+    tell causes apart; see docs/design.md and :mod:`collectors._signatures` for the formulas.
 
     Tokens where either logprob is NaN/Inf are left out of every statistic and counted in
     ``mismatch/n_nonfinite``. With no valid token, only the two counts are returned (no NaNs).

@@ -102,7 +102,7 @@ class Alert:
 
 
 def default_rules() -> list[Rule]:
-    """The shipped rules: DESIGN.md's thresholds from the field, held for 3 steps."""
+    """The shipped rules: docs/design.md's thresholds from the field, held for 3 steps."""
     rules = []
     for metric, thresholds in DEFAULT_THRESHOLDS.items():
         for t in thresholds:

@@ -1,4 +1,4 @@
-"""Default thresholds from the field (DESIGN.md, with the source of each); all configurable."""
+"""Default thresholds from the field (docs/design.md, with the source of each); all configurable."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """compute_mismatch and Run.log_mismatch against an independent float64 numpy reference.
 
-The reference below is written from DESIGN.md's formulas ("Mismatch metrics (trainer side)") with a
+The reference below is written from docs/design.md's formulas ("Mismatch metrics (trainer side)") with a
 plain loop over sequences and tokens, so that it is obviously right; it shares no code with
 ``collectors._mismatch``.
 """
@@ -27,7 +27,7 @@ C = 2.0
 
 
 def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float = EPS, c: float = C) -> dict:
-    """Every ``mismatch/*`` metric from DESIGN.md, in float64.
+    """Every ``mismatch/*`` metric from docs/design.md, in float64.
 
     ``seqs`` holds one ``(lp_trainer, lp_rollout, mask)`` triple of 1-D arrays per sequence. Tokens
     where either logprob is NaN/Inf are excluded everywhere and counted. Metrics that are undefined
