@@ -26,11 +26,10 @@ from logprobe.collectors._tensors import (
     Segments,
     as_mask,
     as_tensor,
-    real_number,
     same_shape,
     segments,
-    whole_number,
 )
+from logprobe.collectors._values import real_number, whole_number
 
 DEFAULT_EPS = 0.2
 DEFAULT_C = 2.0

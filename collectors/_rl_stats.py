@@ -10,10 +10,9 @@ from logprobe.collectors._tensors import (
     as_mask,
     as_tensor,
     check_tensor,
-    real_number,
     same_shape,
-    whole_number,
 )
+from logprobe.collectors._values import real_number, whole_number
 
 DEFAULT_CLIP_EPS = 0.2
 DEFAULT_ENTROPY_CHUNK = 4096

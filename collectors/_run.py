@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import hashlib
 import json
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -25,7 +21,14 @@ from logprobe.collectors._mismatch import (
     DEFAULT_TOP_K,
     compute_mismatch,
 )
-from logprobe.collectors._tensors import real_number, short_repr, whole_number
+from logprobe.collectors._values import (
+    fingerprint,
+    real_number,
+    short_repr,
+    to_json,
+    valid_text,
+    whole_number,
+)
 from logprobe.storage import SCHEMAS, Writer, check_name
 
 log = logging.getLogger(__name__)
@@ -246,7 +249,8 @@ class Run:
 
         Keys that match an ``engines`` column fill it. ``flags`` (JSON) holds ``config["flags"]``
         when given (the vLLM collector passes every resolved arg there), else the whole config;
-        the fingerprint is ``config["fingerprint"]`` when given, else a hash of ``flags``.
+        the fingerprint is ``config["fingerprint"]`` when given, else ``flags``' by the one rule
+        (:func:`collectors.vllm.fingerprint`: ids, ports and paths left out).
         """
         if not isinstance(config, Mapping):
             raise TypeError(f"engine config must be a dict, got {type(config).__name__}")
@@ -256,7 +260,7 @@ class Run:
         _text("engine config field 'fingerprint'", given)
         plain = json.loads(to_json(dict(config)))
         flags = plain.pop("flags", None) or plain
-        fingerprint = given or hashlib.sha256(json.dumps(flags, sort_keys=True).encode()).hexdigest()[:16]
+        digest = given or fingerprint(flags if isinstance(flags, dict) else {"config": flags})
         row = {k: v for k, v in plain.items() if k in _ENGINE_COLUMNS}
         for column, value in row.items():
             _check_engine_value(column, value)  # a wrong type would silently drop the whole row
@@ -266,12 +270,12 @@ class Run:
             rank=self.rank,
             worker=self.worker,
             flags=json.dumps(flags, sort_keys=True),
-            fingerprint=fingerprint,
+            fingerprint=digest,
         )
         self.writer.append("engines", self.run_id, row)
         if self.evidence is not None:
             self.evidence.engine({**plain, **row})
-        return fingerprint
+        return digest
 
     def _explain(self, run_id: str) -> Any:
         """This run's likely cause, for an alert that fires on it (the rule engine asks)."""
@@ -397,89 +401,6 @@ def init(
 
 class AlertFiredError(RuntimeError):
     """Raised by ``Run.log`` when an alert fires and the run was started with ``on_alert="raise"``."""
-
-
-def to_json(value: Any) -> str:
-    """Standard JSON for user objects that may not be JSON (dataclasses, HF configs, Namespaces,
-    tensors, sets, circular or very deep structures); never raises.
-
-    What JSON cannot hold is recorded rather than refused, because a config that does not
-    serialise must not stop a run from starting: NaN/Infinity become the strings ``"NaN"``,
-    ``"Infinity"``, ``"-Infinity"`` (DuckDB's JSON functions reject the bare tokens), keys become
-    strings, a cycle becomes ``"<circular reference>"`` and anything else its ``repr``.
-    """
-    return json.dumps(_plain(value, 0, set()), sort_keys=True, allow_nan=False)
-
-
-_MAX_DEPTH = 64
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
-
-
-def _plain(value: Any, depth: int, active: set[int]) -> Any:
-    """``value`` as JSON-able data; ``active`` holds the ids of the containers being converted."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, str):
-        return _valid_text(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else _NON_FINITE.get(value, "NaN")
-    if depth >= _MAX_DEPTH:
-        return "<nested too deep>"
-    if id(value) in active:
-        return "<circular reference>"
-    active.add(id(value))
-    try:
-        return _plain_container(value, depth + 1, active)
-    finally:
-        active.discard(id(value))
-
-
-def _plain_container(value: Any, depth: int, active: set[int]) -> Any:
-    if isinstance(value, Mapping):
-        return {_plain_key(k): _plain(v, depth, active) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v, depth, active) for v in value]
-    if isinstance(value, set | frozenset):
-        items = [_plain(v, depth, active) for v in value]
-        return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
-    if isinstance(value, enum.Enum):
-        return value.name
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f in dataclasses.fields(value):
-            try:
-                out[f.name] = _plain(getattr(value, f.name), depth, active)
-            except Exception as exc:  # a property that raises must not lose the other fields
-                out[f.name] = f"<unreadable: {type(exc).__name__}>"
-        return out
-    for method in ("to_dict", "model_dump", "tolist"):
-        fn = getattr(value, method, None)
-        if callable(fn):
-            try:
-                converted = fn()
-            except Exception:  # a broken to_dict must not stop the run from starting
-                break
-            return _plain(converted, depth, active)
-    if hasattr(value, "__dict__") and type(value).__module__ == "argparse":
-        return _plain(vars(value), depth, active)
-    return _valid_text(short_repr(value, 2000))
-
-
-def _plain_key(key: Any) -> str:
-    if isinstance(key, str):
-        return _valid_text(key)
-    if key is None or isinstance(key, bool | int | float):
-        return json.dumps(key)  # JSON's own spelling: null, true, 1, 1.5, NaN
-    return _valid_text(short_repr(key, 2000))
-
-
-def _valid_text(text: str) -> str:
-    """``text`` with lone surrogates replaced, so it can be written as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _text(name: str, value: Any) -> Any:
@@ -616,7 +537,7 @@ def _decode(tokenizer: Any, token_id: int | None) -> str | None:
     except Exception:  # a tokenizer that cannot decode one id must not lose the row
         return None
     # Anything but text would make the writer drop the whole tokens row.
-    return _valid_text(text) if isinstance(text, str) else None
+    return valid_text(text) if isinstance(text, str) else None
 
 
 def _git_sha() -> str | None:

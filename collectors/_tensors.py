@@ -7,8 +7,6 @@ tensor, IndexError for an empty axis) escape with another argument's name or non
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any, NamedTuple
 
 import torch
@@ -74,41 +72,6 @@ def as_mask(mask: Any, like: torch.Tensor, name: str = "mask") -> torch.Tensor:
     return mask_t if mask_t.dtype == torch.bool else mask_t != 0
 
 
-def real_number(
-    name: str, value: Any, *, low: float | None = None, high: float | None = None, low_closed: bool = False
-) -> float:
-    """``value`` as a finite float above ``low`` (or equal, with ``low_closed``) and below ``high``,
-    else an error naming it."""
-    if isinstance(value, bool) or not hasattr(value, "__float__"):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {short_repr(value)}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {short_repr(value)}") from exc
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {number}")
-    above_low = low is None or number > low or (low_closed and number == low)
-    if not above_low or (high is not None and not number < high):
-        opening = "[" if low_closed else "("
-        bounds = f"{opening}{'-inf' if low is None else low}, {'inf' if high is None else high})"
-        raise ValueError(f"{name} must be in {bounds}, got {number}")
-    return number
-
-
-def whole_number(name: str, value: Any) -> int:
-    """``value`` as an int (ints, integral floats, numpy/torch integer scalars), else an error naming it."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        as_int = int(value)
-        exact = as_int == value
-    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {short_repr(value)}") from exc
-    if not exact:
-        raise TypeError(f"{name} must be an integer, got {short_repr(value)}")
-    return as_int
-
-
 class Segments(NamedTuple):
     """Where each token sits: its sequence, its position in it, and the layout's geometry."""
 
@@ -159,16 +122,3 @@ def segments(shape: torch.Size, seq_lens: Any, device: torch.device) -> Segments
     return Segments(
         seq, torch.arange(total, device=device) - starts[seq], int(lens.numel()), width, starts, True
     )
-
-
-def short_repr(value: Any, limit: int = 120) -> str:
-    """A bounded repr for messages and records (a user's value may be a 10 MB string), without
-    object addresses, so a message or a stored record is the same on every run."""
-    try:
-        text = _ADDRESS.sub("", repr(value))
-    except Exception:  # a broken __repr__ must not replace the real error
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

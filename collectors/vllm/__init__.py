@@ -17,7 +17,8 @@ import logging
 from typing import Any
 
 from logprobe.collectors._run import Run
-from logprobe.collectors.vllm._config import engine_config, fingerprint, vllm_config_of, vllm_version
+from logprobe.collectors._values import fingerprint
+from logprobe.collectors.vllm._config import engine_config, vllm_config_of, vllm_version
 from logprobe.collectors.vllm._outputs import RolloutBatch, rollout_batch, sampled_logprobs
 from logprobe.collectors.vllm._stats import stat_logger, v0_stat_logger
 from logprobe.collectors.vllm._watch import EngineWatcher, watch

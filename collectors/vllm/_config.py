@@ -8,22 +8,18 @@ be asked for ground truth (the lm_head weight dtype, the logits processor's head
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-import hashlib
-import json
 import logging
 import os
 import re
 from importlib import metadata
 from typing import Any
 
-from logprobe.storage import VOLATILE_ENGINE_FLAGS, flatten_flags
+from logprobe.collectors._values import fingerprint, to_plain
 
 log = logging.getLogger(__name__)
 
 _SECRET = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _SUBCONFIGS = (
     "model_config",
     "cache_config",
@@ -96,7 +92,7 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
         "transformers_version": _dist_version("transformers"),
         "device": _plain(_get(device, "device_type")) or _plain(_get(device, "device")),
     }
-    flags: dict[str, Any] = {name: to_plain(_get(config, name)) for name in _SUBCONFIGS}
+    flags: dict[str, Any] = {name: to_plain(_get(config, name), max_depth=6) for name in _SUBCONFIGS}
     if row["logprobs_mode"] is None and row["engine_generation"] == "v0":
         # V0 has no such argument: its sampler divides by the temperature, applies top-k/top-p and
         # only then takes log_softmax, which is what V1 calls processed_logprobs.
@@ -107,25 +103,6 @@ def engine_config(llm_or_engine: Any, worker_probe: list[dict[str, Any]] | None 
     row["flags"] = flags
     row["fingerprint"] = fingerprint(flags)
     return row
-
-
-def fingerprint(flags: dict[str, Any]) -> str:
-    """A stable 16-hex-digit hash of the settings, ignoring ids, ports and paths
-    (``storage.VOLATILE_ENGINE_FLAGS``).
-
-    Values go through :func:`to_plain` (bounded depth, so a list that contains itself is fine), not
-    ``str``: ``str`` of a set follows the process's hash seed and ``str`` of an object carries its
-    address, so the same settings would hash differently in two processes.
-    """
-    if not isinstance(flags, dict):
-        raise TypeError(f"flags must be a dict, got {type(flags).__name__}")
-    try:
-        flat = flatten_flags(flags)
-    except RecursionError:
-        raise ValueError("flags nest too deeply (or contain themselves) to fingerprint") from None
-    stable = {k: to_plain(v) for k, v in flat.items() if not VOLATILE_ENGINE_FLAGS.search(k)}
-    text = json.dumps(stable, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def vllm_version() -> tuple[str | None, str | None]:
@@ -184,38 +161,6 @@ def vllm_env() -> dict[str, str]:
     }
 
 
-def to_plain(value: Any, depth: int = 0) -> Any:
-    """JSON-able form of a config object: dataclasses to dicts, enums to names, dtypes to strings."""
-    if depth > 6:
-        return _repr(value)
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, enum.Enum):
-        return value.name
-    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
-        return str(value).removeprefix("torch.")
-    if isinstance(value, dict):
-        return {str(k): to_plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        items = [to_plain(v, depth + 1) for v in value]
-        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for field in dataclasses.fields(value):
-            try:
-                out[field.name] = to_plain(getattr(value, field.name), depth + 1)
-            except Exception as exc:  # a property that raises must not lose the rest
-                out[field.name] = f"<unreadable: {type(exc).__name__}>"
-        return out
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        try:
-            return to_plain(to_dict(), depth + 1)
-        except Exception:
-            pass
-    return _repr(value)
-
-
 def _get(obj: Any, path: str) -> Any:
     for part in path.split("."):
         if obj is None:
@@ -255,11 +200,3 @@ def _dist_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:  # a broken __repr__ must not lose the rest of the config
-        text = f"<{type(value).__name__}>"
-    return _ADDRESS.sub("", text)[:2000]

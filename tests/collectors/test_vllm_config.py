@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from logprobe.collectors._values import to_plain
 from logprobe.collectors.vllm import engine_config, fingerprint
-from logprobe.collectors.vllm._config import to_plain, vllm_env
+from logprobe.collectors.vllm._config import vllm_env
 
 
 class _Level(enum.Enum):
@@ -85,6 +86,21 @@ def test_env_secrets_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     env = vllm_env()
     assert env["VLLM_API_KEY"] == "<redacted>" and env["VLLM_BATCH_INVARIANT"] == "1"
     assert engine_config(SimpleNamespace(vllm_config=_old_v1_config()))["batch_invariant"] is True
+
+
+def test_a_run_and_the_vllm_reader_fingerprint_the_same_settings_alike(tmp_path) -> None:
+    """One rule: Run.log_engine of a config without a fingerprint hashes it as the vLLM reader does,
+    so ports and ids do not make two fingerprints of one engine."""
+    import logprobe
+
+    flags = {"model_config": {"dtype": torch.bfloat16, "logprobs_mode": "raw_logprobs"}, "seed": 0}
+    moved = {**flags, "instance_id": "other", "parallel_config": {"data_parallel_master_port": 4}}
+    with logprobe.init(run_id="r", root=tmp_path) as run:
+        logged = run.log_engine({"engine": "vllm", "flags": flags})
+        logged_moved = run.log_engine({"engine": "vllm", "flags": moved})
+        whole = run.log_engine({"engine": "vllm", "seed": 1})  # no flags: the whole config is hashed
+    assert logged == logged_moved == fingerprint(flags)
+    assert whole == fingerprint({"engine": "vllm", "seed": 1}) != logged
 
 
 def test_to_plain_handles_dtypes_enums_sets_and_addresses() -> None:

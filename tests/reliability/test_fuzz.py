@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 
 from logprobe import collectors, monitor
 from logprobe.collectors import MISMATCH_METRICS, SIGNATURE_METRICS
-from logprobe.collectors._run import to_json
+from logprobe.collectors._values import to_json
 from logprobe.collectors.vllm import fingerprint
 from logprobe.storage import SCHEMAS, Store, flatten_flags
 from tests.conftest import REPO
