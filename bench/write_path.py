@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import logprobe
 from logprobe import collectors, storage
 
 DEFAULT_STEPS = 10_000
@@ -483,7 +484,7 @@ def machine_info() -> dict[str, str]:
         "pyarrow": pa.__version__,
         "duckdb": duckdb.__version__,
         "numpy": np.__version__,
-        "logprobe": f"{collectors.__version__} (git {_git_commit()})",
+        "logprobe": f"{logprobe.__version__} (git {_git_commit()})",
         "temp dir": tempfile.gettempdir(),
     }
 

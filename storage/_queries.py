@@ -186,25 +186,6 @@ _EMPTY_SERIES = """
 """
 
 
-def metrics_after(
-    store: Store, run_id: str, after_step: int | None, names: Sequence[str] | None = None
-) -> pa.Table:
-    """Raw metric rows of one run with ``step > after_step`` (all rows when None), in step order.
-
-    This is the live view's incremental fetch: it asks only for what it has not seen.
-    """
-    params: list = [run_id, -(2**63) if after_step is None else int(after_step)]
-    name_filter = ""
-    if names is not None:
-        name_filter = " AND name IN (SELECT unnest(?))"
-        params.append(list(names))
-    return store.sql(
-        "SELECT step, policy_version, ts, source, rank, worker, name, value FROM metrics "
-        f"WHERE run_id = ? AND step > ?{name_filter} ORDER BY step, ts",
-        params,
-    )
-
-
 def engines(store: Store, run_ids: Sequence[str] | None = None) -> pa.Table:
     """The engine configurations seen per run, in the order they took effect (the step they
     start at, then when they were recorded)."""

@@ -148,14 +148,6 @@ def test_metric_series_x_axes_and_range(tmp_path: Path) -> None:
         storage.metric_series(store, ["r"], ["a"], x="wall")
 
 
-def test_metrics_after_fetches_only_new_rows(tmp_path: Path) -> None:
-    _write_run(tmp_path, "r", 20, ["a", "b"])
-    store = Store(tmp_path)
-    assert storage.metrics_after(store, "r", None).num_rows == 40
-    newer = storage.metrics_after(store, "r", 17, names=["a"])
-    assert newer.column("step").to_pylist() == [18, 19]
-
-
 def test_engines_and_metric_names(tmp_path: Path) -> None:
     _write_run(tmp_path, "r", 2, ["b", "a"])
     with Writer(tmp_path) as writer:
