@@ -107,7 +107,7 @@ bench: $(VENV)/.test
 ## screenshots: the README's dashboard images, taken by the browser test on the demo runs
 screenshots: $(VENV)/.test
 	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/app/test_dashboard.py -k "every_page or replay_starts"
-	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/integration/test_seed_demo.py -k dashboard
+	LOGPROBE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/engines/test_seed_demo.py -k dashboard
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) $(DEMO_DIR)-vllm $(SEED_DIR) .pytest_cache .ruff_cache

@@ -47,7 +47,6 @@ from logprobe.monitor._flags import (
 from logprobe.monitor._kept import findings_cache_dir, run_findings
 from logprobe.monitor._online import Reference, RunMonitor, Settings
 from logprobe.monitor._parity import CONTEXT_METRICS, DEFAULT_TOLERANCES, MetricParity, ParityReport, parity
-from logprobe.monitor._rules import DEFAULT_THRESHOLDS, Threshold
 from logprobe.monitor._scan import (
     Attribution,
     attribute,
@@ -61,7 +60,8 @@ from logprobe.monitor._scan import (
 )
 from logprobe.monitor._smoothing import ema
 from logprobe.monitor._specs import SPECS, MetricSpec, spec_for
-from logprobe.monitor._watch import AlertWatcher
+from logprobe.monitor._store_watcher import AlertWatcher
+from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS, Threshold
 
 __all__ = [
     "CAUSES",

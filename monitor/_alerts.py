@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from logprobe.monitor._rules import DEFAULT_THRESHOLDS
+from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +109,13 @@ def default_rules() -> list[Rule]:
             for severity, level in (("bad", t.bad), ("warn", t.warn)):
                 if level is None:
                     continue
-                side = "below" if t.below else "above"
+                side = "below" if t.lower_is_worse else "above"
                 rules.append(
                     Rule(
                         name=f"{metric}-{severity}-{side}",
                         metric=metric,
                         severity=severity,
-                        for_steps=t.consecutive,
+                        for_steps=t.for_steps,
                         **{side: level},
                     )
                 )

@@ -31,8 +31,8 @@ from scipy.signal import lfilter
 from scipy.stats import norm
 
 from logprobe.monitor._findings import Finding
-from logprobe.monitor._rules import Threshold
 from logprobe.monitor._specs import MetricSpec
+from logprobe.monitor._thresholds import Threshold
 
 _MAD_TO_SIGMA = 1.4826
 _MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2)
@@ -239,7 +239,7 @@ class NonFinite(Detector):
 
 
 class Level(Detector):
-    """The field's absolute levels, held for ``rule.consecutive`` steps (hysteresis against blips).
+    """The field's absolute levels, held for ``rule.for_steps`` steps (hysteresis against blips).
 
     One finding per excursion past the warn level, ``bad`` once the bad level holds as long. Not
     calibrated to an ARL: the levels are the field's judgement of harm, not of noise.
@@ -262,9 +262,9 @@ class Level(Detector):
             return []
         finite = np.isfinite(values)
         with np.errstate(invalid="ignore"):
-            past_outer = finite & ((values < max(levels)) if rule.below else (values > min(levels)))
+            past_outer = finite & ((values < max(levels)) if rule.lower_is_worse else (values > min(levels)))
             past_bad = (
-                finite & ((values < rule.bad) if rule.below else (values > rule.bad))
+                finite & ((values < rule.bad) if rule.lower_is_worse else (values > rule.bad))
                 if rule.bad is not None
                 else np.zeros_like(finite)
             )
@@ -280,14 +280,14 @@ class Level(Detector):
                 self.start_step, self.worst, self.bad_run = int(steps[a]), math.nan, 0
             length = carried + (b - a + 1)
             bad_at = self._bad_reached(past_bad[a : b + 1])
-            if length >= rule.consecutive:
+            if length >= rule.for_steps:
                 seg = values[a : b + 1]
-                worst = float(seg.min() if rule.below else seg.max())
+                worst = float(seg.min() if rule.lower_is_worse else seg.max())
                 if not math.isnan(self.worst):
-                    worst = min(self.worst, worst) if rule.below else max(self.worst, worst)
+                    worst = min(self.worst, worst) if rule.lower_is_worse else max(self.worst, worst)
                 self.worst = worst
                 if self.open is None:
-                    detected = int(steps[max(a, a + rule.consecutive - carried - 1)])
+                    detected = int(steps[max(a, a + rule.for_steps - carried - 1)])
                     self.open = self._open("bad" if bad_at is not None else "warn", detected)
                     out.append(self.open)
                 elif bad_at is not None and self.open.severity != "bad":
@@ -300,9 +300,9 @@ class Level(Detector):
         return out
 
     def _bad_reached(self, past_bad: np.ndarray) -> int | None:
-        """Index in this segment where a bad-level streak reaches ``consecutive`` (carrying the
+        """Index in this segment where a bad-level streak reaches ``for_steps`` (carrying the
         streak from earlier chunks), else None."""
-        need = self.rule.consecutive
+        need = self.rule.for_steps
         starts, ends = _true_runs(past_bad)
         hit = None
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
@@ -318,10 +318,10 @@ class Level(Detector):
     def _text(self, severity: str, steps: str) -> str:
         rule = self.rule
         level = rule.bad if severity == "bad" else (rule.warn if rule.warn is not None else rule.bad)
-        side = "below" if rule.below else "above"
+        side = "below" if rule.lower_is_worse else "above"
         worst = f"worst {self.worst:.4g}; " if math.isfinite(self.worst) else ""
         return (
-            f"{self.metric} {side} {level:g} for {rule.consecutive}{steps} steps from step "
+            f"{self.metric} {side} {level:g} for {rule.for_steps}{steps} steps from step "
             f"{self.start_step} ({worst}{rule.source or 'configured'})"
             if steps == "+"
             else f"{self.metric} {side} {level:g} for {steps} steps from step {self.start_step} "

@@ -20,8 +20,8 @@ import numpy as np
 from logprobe.monitor._alerts import one_number
 from logprobe.monitor._detectors import DEFAULT_ARL0, Baseline, Detector, Jump, Level, NonFinite, Shift
 from logprobe.monitor._findings import Finding
-from logprobe.monitor._rules import DEFAULT_THRESHOLDS, Threshold
 from logprobe.monitor._specs import MetricSpec, spec_for
+from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS, Threshold
 
 STATE_VERSION = 1
 

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from logprobe.monitor._findings import Finding
 from logprobe.monitor._flags import ConfigChange, config_changes
 from logprobe.monitor._online import DEFAULT_SETTINGS, Reference, RunMonitor, Settings
-from logprobe.monitor._rules import Threshold
+from logprobe.monitor._thresholds import Threshold
 from logprobe.storage import Store
 
 

@@ -5,9 +5,9 @@ Layout: ``<root>/<table>/run_id=<run_id>/<writer_id>-<seq>.parquet`` (Hive parti
 
 from logprobe.storage._compact import CompactReport, compact
 from logprobe.storage._layout import DEFAULT_ROOT, ROOT_ENV, check_name, resolve_root
-from logprobe.storage._live import LiveSeries
+from logprobe.storage._live_series import LiveSeries
 from logprobe.storage._mirror import cache_root
-from logprobe.storage._names import SOURCES, TRL, VERL, map_name
+from logprobe.storage._name_maps import SOURCES, TRL, VERL, map_name
 from logprobe.storage._partitions import files_of_runs, run_of_file
 from logprobe.storage._queries import (
     DEFAULT_MAX_POINTS,

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from logprobe.storage._names import map_name
+from logprobe.storage._name_maps import map_name
 from logprobe.storage._writer import Writer
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -2,7 +2,7 @@
 
 Only one vLLM can be installed in an environment, so older and newer releases' config shapes are
 stand-ins here (plain objects with the attributes those releases have, per docs/research/vllm-hooks.md);
-the real engine is exercised in tests/integration/test_vllm.py.
+the real engine is exercised in tests/engines/test_vllm.py.
 """
 
 from __future__ import annotations

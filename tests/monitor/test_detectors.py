@@ -56,7 +56,7 @@ def test_threshold_upgrades_an_open_finding_from_warn_to_bad() -> None:
 def test_threshold_below_for_pearson() -> None:
     values = np.full(100, 0.999)
     values[50:55] = 0.98
-    rule = Threshold(warn=0.99, below=True, consecutive=3, source="MiniMax-M1")
+    rule = Threshold(warn=0.99, lower_is_worse=True, for_steps=3, source="MiniMax-M1")
     found = _by(
         monitor.detect(
             "r", "mismatch/prob_pearson", np.arange(100), values, {"mismatch/prob_pearson": [rule]}
