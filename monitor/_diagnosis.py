@@ -66,11 +66,7 @@ def load_evidence(store: Store, run_id: str, reference: str | None = None) -> Ev
 def reference_level(store: Store, run_id: str, quantile: float = 0.9) -> float | None:
     """A quantile of the reference run's mean |d| (default the 90th percentile: the level a healthy
     twin reaches)."""
-    row = store.sql(
-        "SELECT quantile_cont(value, ?) AS level FROM metrics WHERE run_id = ? AND name = ?",
-        [quantile, run_id, LEVEL],
-    ).to_pylist()
-    return row[0]["level"] if row and row[0]["level"] is not None else None
+    return storage.metric_quantile(store, run_id, LEVEL, quantile)
 
 
 def diagnose(store: Store, run_id: str, reference: str | None = None) -> list[Diagnosis]:

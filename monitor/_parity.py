@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from logprobe import storage
 from logprobe.monitor._flags import flag_diff
 from logprobe.storage import Store
 
@@ -121,18 +122,13 @@ def parity(
     """Compare ``run`` against ``ref`` step by step; see the module docstring for the rules."""
     tol = {**DEFAULT_TOLERANCES, **(tolerances or {})}
     names = metrics or [*DEFAULT_TOLERANCES, *CONTEXT_METRICS]
-    known = set(store.sql("SELECT DISTINCT run_id FROM metrics").column(0).to_pylist())
+    known = set(store.run_summary("metrics").column("run_id").to_pylist())
     for run_id in (ref, run):
         if run_id not in known:
             raise ValueError(f"no metrics for run {run_id!r}; runs with metrics: {', '.join(sorted(known))}")
     rows = []
     for name in names:
-        per_step = "SELECT step, avg(value) AS v FROM metrics WHERE run_id = ? AND name = ? GROUP BY step"
-        aligned = store.sql(
-            f"WITH a AS ({per_step}), b AS ({per_step}) "
-            "SELECT a.step, a.v AS ref, b.v AS run FROM a JOIN b USING (step) ORDER BY a.step",
-            [ref, name, run, name],
-        )
+        aligned = storage.aligned_steps(store, ref, run, name)
         if aligned.num_rows == 0:
             continue
         steps = aligned.column("step").to_numpy()

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from logprobe import storage
 from logprobe.monitor._findings import Finding
 from logprobe.monitor._flags import ConfigChange, config_changes
 from logprobe.monitor._online import DEFAULT_SETTINGS, Reference, RunMonitor, Settings
 from logprobe.monitor._thresholds import Threshold
-from logprobe.storage import Store
+from logprobe.storage import Store, metric_rows
 
 
 def detect(
@@ -30,23 +30,6 @@ def detect(
     monitor = RunMonitor(run_id, thresholds=thresholds, reference=reference, settings=settings)
     monitor.update(metric, steps, values)
     return monitor.findings()
-
-
-def metric_rows(
-    store: Store,
-    run_id: str,
-    pick: Callable[[list[str]], Iterable[str]] | None = None,
-    after: int | None = None,
-) -> pa.Table:
-    """A run's metric rows as (name, step, value) in file order; only from the files ``pick``
-    chooses (``Store.sql_over_files``: a tick reads what is new) and past step ``after`` when
-    given. Neither grouped nor sorted here: sorting 20M rows by a text key is most of a scan's cost
-    in DuckDB, and ``feed`` does it on integer codes."""
-    query = "SELECT name, step, value FROM {source} WHERE run_id = ? AND step > ?"
-    params = [run_id, -(2**63) if after is None else after]
-    if pick is None:
-        return store.sql(query.replace("{source}", "metrics"), params)
-    return store.sql_over_files("metrics", pick, query, params)
 
 
 def feed(monitor: RunMonitor, table: pa.Table) -> list[Finding]:
@@ -105,13 +88,8 @@ def load_reference(store: Store, run_id: str, settings: Settings = DEFAULT_SETTI
 
 
 def reference_of(store: Store, run_id: str) -> str | None:
-    """The reference run recorded for ``run_id`` (``collectors.init(reference=...)``), if any."""
-    row = store.sql(
-        "SELECT max(reference_run) AS ref FROM runs WHERE run_id = ? AND reference_run IS NOT NULL "
-        "AND reference_run <> run_id",
-        [run_id],
-    ).to_pylist()
-    return row[0]["ref"] if row else None
+    """The reference run recorded for ``run_id`` (``logprobe.init(reference=...)``), if any."""
+    return storage.reference_run(store, run_id)
 
 
 def monitor_for(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from logprobe import storage
 from logprobe.monitor._alerts import Alert, AlertEngine
 from logprobe.monitor._causes import Diagnosis
 from logprobe.monitor._diagnosis import diagnose
@@ -52,15 +53,7 @@ class AlertWatcher:
             listed[:] = files
             return [f for f in files if f not in self._seen]
 
-        table = self.store.sql_over_files(
-            "metrics",
-            new_files,
-            "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
-            "SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {source} m "
-            "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
-            "GROUP BY ALL",
-            [list(self._cursor), list(self._cursor.values())],
-        )
+        table = storage.rows_past_cursors(self.store, new_files, self._cursor)
         self._seen = set(listed)  # files compacted away are forgotten, so the set stays small
         if table.num_rows == 0:
             return []

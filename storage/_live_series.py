@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from logprobe.storage._partitions import files_of_runs
-from logprobe.storage._queries import DEFAULT_MAX_POINTS, X_AXES, metric_series
+from logprobe.storage._queries import DEFAULT_MAX_POINTS, X_AXES, metric_series, series_rows
 from logprobe.storage._store import Store
 
 COLUMNS = ("x", "x_first", "x_last", "min", "max", "last", "sum", "count")
@@ -92,13 +92,7 @@ class LiveSeries:
             picked["files"] = mine = set(files_of_runs(files, runs))
             return sorted(mine - seen) if seen <= mine else []
 
-        rows = store.sql_over_files(
-            "metrics",
-            new_files,
-            f"SELECT run_id, name, CAST({X_AXES[self.x]} AS DOUBLE) AS x, value FROM {{source}} "
-            f"WHERE name IN (SELECT unnest(?)) AND {X_AXES[self.x]} IS NOT NULL ORDER BY run_id, name, x, ts",
-            [self.names],
-        )
+        rows = series_rows(store, new_files, self.names, self.x)
         files = picked["files"]
         if not seen <= files:  # a compaction landed between the listing and the query
             self._load(store, files)

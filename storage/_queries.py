@@ -6,7 +6,7 @@ Downsampling keeps min, max and last per bucket, never a random sample, so a spi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -317,3 +317,110 @@ def sequences(store: Store, run_id: str, step: int | None = None, limit: int = 2
         "(? IS NULL OR step = ?) ORDER BY step DESC, reason, seq_index LIMIT ?",
         [run_id, step, step, limit],
     )
+
+
+# Reads over chosen files rather than a view: ``pick`` chooses them from the table's current list
+# and is called again if a compaction moves files under the query (``Store.sql_over_files``).
+FilePick = Callable[[list[str]], Iterable[str]]
+
+
+def metric_rows(
+    store: Store, run_id: str, pick: FilePick | None = None, after: int | None = None
+) -> pa.Table:
+    """A run's metric rows as (name, step, value) in file order; only from the files ``pick``
+    chooses (a tick reads what is new) and past step ``after`` when given. Neither grouped nor
+    sorted here: sorting 20M rows by a text key is most of a scan's cost in DuckDB, and the
+    monitor's ``feed`` does it on integer codes."""
+    query = "SELECT name, step, value FROM {source} WHERE run_id = ? AND step > ?"
+    params = [run_id, -(2**63) if after is None else after]
+    if pick is None:
+        return store.sql(query.replace("{source}", "metrics"), params)
+    return store.sql_over_files("metrics", pick, query, params)
+
+
+def rows_past_cursors(store: Store, pick: FilePick, cursors: dict[str, int]) -> pa.Table:
+    """Per (run, step, metric) the mean value, from the picked files, past each run's cursor step
+    (every step of a run without one): what the store watcher has not judged yet."""
+    return store.sql_over_files(
+        "metrics",
+        pick,
+        "WITH c AS (SELECT unnest(?) AS run_id, unnest(?) AS after) "
+        "SELECT m.run_id, m.step, m.name, avg(m.value) AS value FROM {source} m "
+        "LEFT JOIN c USING (run_id) WHERE m.step > coalesce(c.after, -9223372036854775808) "
+        "GROUP BY ALL",
+        [list(cursors), list(cursors.values())],
+    )
+
+
+def series_rows(store: Store, pick: FilePick, names: Sequence[str], x: str = "step") -> pa.Table:
+    """Raw (run_id, name, x, value) points of ``names`` from the picked files, sorted for a chart
+    (``LiveSeries`` adds only new files' points to its buckets)."""
+    column = X_AXES[x]
+    return store.sql_over_files(
+        "metrics",
+        pick,
+        f"SELECT run_id, name, CAST({column} AS DOUBLE) AS x, value FROM {{source}} "
+        f"WHERE name IN (SELECT unnest(?)) AND {column} IS NOT NULL ORDER BY run_id, name, x, ts",
+        [list(names)],
+    )
+
+
+def metric_quantile(store: Store, run_id: str, name: str, quantile: float) -> float | None:
+    """A quantile of one metric over a run (None without values)."""
+    row = store.sql(
+        "SELECT quantile_cont(value, ?) AS level FROM metrics WHERE run_id = ? AND name = ?",
+        [quantile, run_id, name],
+    ).to_pylist()
+    return row[0]["level"] if row else None
+
+
+def aligned_steps(store: Store, ref: str, run: str, name: str) -> pa.Table:
+    """(step, ref, run): per-step means of ``name`` in two runs, on the steps both logged."""
+    per_step = "SELECT step, avg(value) AS v FROM metrics WHERE run_id = ? AND name = ? GROUP BY step"
+    return store.sql(
+        f"WITH a AS ({per_step}), b AS ({per_step}) "
+        "SELECT a.step, a.v AS ref, b.v AS run FROM a JOIN b USING (step) ORDER BY a.step",
+        [ref, name, run, name],
+    )
+
+
+def reference_run(store: Store, run_id: str) -> str | None:
+    """The reference run recorded for ``run_id`` (``logprobe.init(reference=...)``), if any."""
+    row = store.sql(
+        "SELECT max(reference_run) AS ref FROM runs WHERE run_id = ? AND reference_run IS NOT NULL "
+        "AND reference_run <> run_id",
+        [run_id],
+    ).to_pylist()
+    return row[0]["ref"] if row else None
+
+
+def token_steps(store: Store, run_id: str) -> list[int]:
+    """The steps at which a run logged per-token rows, in order."""
+    rows = store.sql(
+        "SELECT DISTINCT step FROM tokens WHERE run_id = ? AND step IS NOT NULL ORDER BY step", [run_id]
+    )
+    return rows.column("step").to_pylist()
+
+
+def run_record(store: Store, run_id: str) -> dict | None:
+    """The ``runs`` row of a run (its first, if it started more than once); None if unknown."""
+    rows = store.sql("SELECT * FROM runs WHERE run_id = ? ORDER BY created_at LIMIT 1", [run_id]).to_pylist()
+    return rows[0] if rows else None
+
+
+def replayable_sequences(store: Store, run_id: str) -> list[dict]:
+    """Every logged whole sequence of a run that kept its prompt (what a replay re-scores), in
+    step and sequence order."""
+    return store.sql(
+        "SELECT step, seq_index, reason, rollout_version, prompt_ids, token_ids, rollout_logprobs, "
+        "trainer_logprobs FROM sequences WHERE run_id = ? AND prompt_ids IS NOT NULL "
+        "ORDER BY step, seq_index",
+        [run_id],
+    ).to_pylist()
+
+
+def first_rollout_version(store: Store, run_id: str, from_step: int) -> int | None:
+    """The oldest policy version among a run's logged sequences from ``from_step`` on."""
+    return store.sql(
+        "SELECT min(rollout_version) FROM sequences WHERE run_id = ? AND step >= ?", [run_id, from_step]
+    )[0][0].as_py()

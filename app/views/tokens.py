@@ -20,13 +20,7 @@ def render(ctx: Context) -> None:
         st.plotly_chart(charts.histogram_heatmap(matrix), key="heatmap")
     else:
         st.info(f"{literal(run_id)} logged no log-ratio histograms (Run.log_mismatch writes them).")
-    steps = (
-        ctx.store.sql(
-            "SELECT DISTINCT step FROM tokens WHERE run_id = ? AND step IS NOT NULL ORDER BY step", [run_id]
-        )
-        .column("step")
-        .to_pylist()
-    )
+    steps = storage.token_steps(ctx.store, run_id)
     if not steps:
         st.info(f"{literal(run_id)} logged no per-token rows.")
         return

@@ -174,8 +174,8 @@ def plan_replay(
 ) -> Plan:
     """Everything a replay of ``run`` needs, read from the store; a ``ReplayError`` says what is
     missing (no sequences, no checkpoint for a step, an engine that cannot be replayed)."""
-    meta = store.sql("SELECT reference_run FROM runs WHERE run_id = ? LIMIT 1", [run]).to_pylist()
-    if not meta:
+    meta = storage.run_record(store, run)
+    if meta is None:
         raise ReplayError(f"no run {run!r} in {store.root}")
     logged = _sequences(store, run, steps)
     if not logged:
@@ -185,18 +185,13 @@ def plan_replay(
             "log_mismatch(..., prompt_ids=...) keeps in the sequences table"
         )
     checkpoints = _checkpoints(store, run)
-    engines = store.sql(
-        "SELECT step_first, engine, dtype, lm_head_dtype, logprobs_mode, enable_prefix_caching, "
-        "enforce_eager, async_scheduling, seed, flags FROM engines WHERE run_id = ? ORDER BY step_first, ts",
-        [run],
-    ).to_pylist()
+    engines = storage.engines(store, [run]).to_pylist()  # in the order they took effect
     if not engines:
         raise ReplayError(f"run {run!r} recorded no engine settings (log_engine / record_engine)")
-    events = store.sql(
-        "SELECT step, kind, payload FROM events WHERE run_id = ? AND kind IN "
-        "('sampling_params', 'weight_update') ORDER BY step",
-        [run],
-    ).to_pylist()
+    events = sorted(
+        storage.events(store, [run], kinds=["sampling_params", "weight_update"]).to_pylist(),
+        key=lambda e: -1 if e["step"] is None else e["step"],  # by step; within one, as recorded
+    )
     notes: list[str] = []
     by_step: dict[int, list[Sequence]] = {}
     for seq in logged:
@@ -233,7 +228,7 @@ def plan_replay(
         notes.append("one model folder for every step: the batch before the update ran on the same weights")
     elif any(p.prime == p.checkpoint for p in plans):
         notes.append("no earlier checkpoint: the batch before the update ran on the same weights")
-    return Plan(run, engines[-1]["engine"], plans, meta[0]["reference_run"], notes)
+    return Plan(run, engines[-1]["engine"], plans, meta["reference_run"], notes)
 
 
 def _engine_start_version(
@@ -241,20 +236,11 @@ def _engine_start_version(
 ) -> int | None:
     """The policy version the engine in force at ``step`` started on (its first rollouts')."""
     row = next((e for e in reversed(engines) if (e["step_first"] or 0) <= step), engines[0])
-    first = store.sql(
-        "SELECT min(rollout_version) FROM sequences WHERE run_id = ? AND step >= ?",
-        [run, row["step_first"] or 0],
-    )[0][0].as_py()
-    return first
+    return storage.first_rollout_version(store, run, row["step_first"] or 0)
 
 
 def _sequences(store: storage.Store, run: str, steps: list[int] | None) -> list[Sequence]:
-    rows = store.sql(
-        "SELECT step, seq_index, reason, rollout_version, prompt_ids, token_ids, rollout_logprobs, "
-        "trainer_logprobs FROM sequences WHERE run_id = ? AND prompt_ids IS NOT NULL "
-        "ORDER BY step, seq_index",
-        [run],
-    ).to_pylist()
+    rows = storage.replayable_sequences(store, run)
     wanted = set(steps) if steps else None
     out = []
     for r in rows:
@@ -279,9 +265,10 @@ def _sequences(store: storage.Store, run: str, steps: list[int] | None) -> list[
 
 
 def _checkpoints(store: storage.Store, run: str) -> dict[int, Path]:
-    rows = store.sql(
-        "SELECT payload FROM events WHERE run_id = ? AND kind = 'checkpoint' ORDER BY step", [run]
-    ).to_pylist()
+    rows = sorted(
+        storage.events(store, [run], kinds=["checkpoint"]).to_pylist(),
+        key=lambda e: -1 if e["step"] is None else e["step"],
+    )
     out: dict[int, Path] = {}
     for r in rows:
         payload = json.loads(r["payload"] or "{}")
