@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+LOGPROBE = str(Path(sys.executable).with_name("logprobe"))  # the installed command, as a user runs it
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +49,24 @@ def run_python(
     if check and proc.returncode != 0:
         raise AssertionError(f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def logprobe_cli(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``logprobe`` command; a failure raises with the end of its output."""
+    proc = subprocess.run([LOGPROBE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"logprobe {args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def scenario_args(names: list[str]) -> list[str]:
+    """``logprobe demo``'s options for these scenarios."""
+    return [arg for name in names for arg in ("--scenarios", name)]
+
+
+def logprobe_json(*args: str | Path, timeout: float = 600) -> Any:
+    """``logprobe ... --format json``, parsed."""
+    return json.loads(logprobe_cli(*args, "--format", "json", timeout=timeout).stdout)
 
 
 def json_numbers(value: Any, path: str = "") -> list[tuple[str, float]]:

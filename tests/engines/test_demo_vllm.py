@@ -6,40 +6,20 @@ trainer), raw-logprobs ~0.15; k3 ~1e-6 vs ~0.02. Asserted: raw above 0.03, refer
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from logprobe.storage import Store
+from tests.conftest import logprobe_cli, scenario_args
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the vLLM extra is not installed (pip install -r requirements-vllm.txt)")
 
 
 def test_vllm_demo_separates_raw_from_processed_logprobs(tmp_path: Path) -> None:
-    logprobe = Path(sys.executable).with_name("logprobe")
-    proc = subprocess.run(
-        [
-            str(logprobe),
-            "demo",
-            "--engine",
-            "vllm",
-            "--steps",
-            "6",
-            "--root",
-            str(tmp_path),
-            "--scenarios",
-            "reference",
-            "--scenarios",
-            "raw-logprobs",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = scenario_args(["reference", "raw-logprobs"])
+    logprobe_cli("demo", "--engine", "vllm", "--steps", "6", "--root", tmp_path, *runs)
     store = Store(tmp_path)
     rows = store.sql(
         "SELECT run_id, avg(value) FILTER (WHERE name = 'mismatch/abs_logp_diff_mean') AS d, "

@@ -9,7 +9,6 @@ processed; a bf16 head at ~4x the fp32 head's level.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import venv
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from logprobe.storage import Store
+from tests.conftest import logprobe_cli, logprobe_json, scenario_args
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 pytest.importorskip("vllm", reason="the vLLM extra is not installed (pip install -r requirements-vllm.txt)")
@@ -34,37 +34,14 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def vllm_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("replay")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "logprobe.collectors.demo",
-            *SCENARIOS,
-            "--engine",
-            "vllm",
-            "--steps",
-            "9",
-            "--root",
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    logprobe_cli(
+        "demo", "--engine", "vllm", "--steps", "9", "--root", root, *scenario_args(SCENARIOS), timeout=900
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
 def _replay(root: Path, run: str, *extra: str) -> dict:
-    logprobe = Path(sys.executable).with_name("logprobe")
-    proc = subprocess.run(
-        [str(logprobe), "replay", "--root", str(root), "--run", run, "--format", "json", *extra],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout)
+    return logprobe_json("replay", "--root", root, "--run", run, *extra)
 
 
 @pytest.mark.parametrize("scenario", list(EXPECTED))

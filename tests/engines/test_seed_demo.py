@@ -11,15 +11,13 @@ two settings that bring V1 back to V0's level.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from logprobe.storage import Store
+from tests.conftest import logprobe_cli, logprobe_json, scenario_args
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -37,24 +35,10 @@ def _installed() -> None:
 def seed_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _installed()
     root = tmp_path_factory.mktemp("seed")
-    logprobe = Path(sys.executable).with_name("logprobe")
-    proc = subprocess.run(
-        [
-            str(logprobe),
-            "demo",
-            "--engine",
-            "vllm==0.8.5,vllm==0.18.1",
-            "--steps",
-            str(STEPS),
-            "--root",
-            str(root),
-            *[a for r in RUNS for a in ("--scenarios", r)],
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
+    engines = "vllm==0.8.5,vllm==0.18.1"
+    logprobe_cli(
+        "demo", "--engine", engines, "--steps", STEPS, "--root", root, *scenario_args(RUNS), timeout=900
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
@@ -111,31 +95,16 @@ def test_v1_defaults_diverge_from_v0_and_each_fix_shows(seed_root: Path) -> None
 
 
 def test_the_diagnosis_names_the_logprob_semantics(seed_root: Path) -> None:
-    logprobe = Path(sys.executable).with_name("logprobe")
     first = {}
     for run in ("seed-v1-default", "seed-v1-processed"):
-        proc = subprocess.run(
-            [str(logprobe), "diagnose", "--root", str(seed_root), "--run", run, "--format", "json"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        first[run] = json.loads(proc.stdout)[0]["cause"]  # ranked, most likely first
+        ranked = logprobe_json("diagnose", "--root", seed_root, "--run", run, timeout=300)
+        first[run] = ranked[0]["cause"]  # ranked, most likely first
     assert first == {"seed-v1-default": "logprobs_semantics", "seed-v1-processed": "stale_prefix_cache"}
 
 
 def test_replay_across_the_two_releases_restores_v0_parity(seed_root: Path) -> None:
-    logprobe = Path(sys.executable).with_name("logprobe")
     args = ["--run", "seed-v1-default", "--python", "vllm==0.18.1", "--reference-python", "vllm==0.8.5"]
-    proc = subprocess.run(
-        [str(logprobe), "replay", "--root", str(seed_root), *args, "--format", "json", "--no-write"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    report = logprobe_json("replay", "--root", seed_root, *args, "--no-write")
     assert report["worker"]["vllm"] == "0.18.1" and report["reference_worker"]["vllm"].startswith("0.8.5")
     verdict = report["verdict"]
     # The level to reach: V0's run replayed on 0.8.5 (~1e-7), or V1's own floor where that is higher.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,8 @@ import pytest
 
 from logprobe.storage import Store
 from logprobe.storage.importers import import_mlflow, import_tensorboard, import_trackio
-from tests.conftest import run_python
+from tests.conftest import LOGPROBE, run_python
 
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 STEPS = 25
 
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from logprobe.storage import Store
+from tests.conftest import LOGPROBE
 
 torch = pytest.importorskip("torch")
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 STEPS, PER_RANK, RANKS, PROMPT, RESPONSE = 3, 4, 2, 10, 12
 
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from logprobe.storage import Store
-from tests.conftest import run_python
+from tests.conftest import LOGPROBE, run_python
 
 pytest.importorskip("wandb", reason="wandb is a test extra (requirements-bench.txt)")
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 STEPS = 12
 
 # What a framework's training loop logs, the way it logs it: verl's names without a step (W&B counts),

@@ -19,8 +19,8 @@ import pytest
 from logprobe import collectors, monitor
 from logprobe.monitor import AlertEngine, Rule, RuleError, WebhookNotifier
 from logprobe.storage import Store
+from tests.conftest import LOGPROBE
 
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 RULE = Rule(name="k3", metric="mismatch/k3", above=0.01, for_steps=2, severity="bad", cooldown_s=10)
 
 

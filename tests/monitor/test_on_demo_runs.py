@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from logprobe import monitor
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.storage import Store
+from tests.conftest import LOGPROBE
 
 pytestmark = pytest.mark.slow
 FAILURES = {  # scenario -> the flag that defines it
@@ -21,7 +21,6 @@ FAILURES = {  # scenario -> the flag that defines it
     "bf16-lm-head": "lm_head_dtype",
     "flag-change": "logprobs_mode",
 }
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 
 
 HALF = DEFAULT_STEPS // 2  # where flag-change restarts its engine

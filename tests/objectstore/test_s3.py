@@ -23,11 +23,10 @@ import pytest
 from logprobe import monitor, storage
 from logprobe.storage import Store, Writer
 from tests.app.test_dashboard import EXCEPTION, _serve
-from tests.conftest import REPO
+from tests.conftest import LOGPROBE, REPO
 from tests.monitor.test_alerts import WRITER as ALERT_WRITER
 from tests.objectstore.conftest import child_env
 
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 WRITER_CHILD = REPO / "tests" / "storage" / "writer_child.py"
 
 

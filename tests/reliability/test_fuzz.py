@@ -47,10 +47,9 @@ from logprobe.collectors import MISMATCH_METRICS, SIGNATURE_METRICS
 from logprobe.collectors._values import to_json
 from logprobe.collectors.vllm import fingerprint
 from logprobe.storage import SCHEMAS, Store, flatten_flags
-from tests.conftest import REPO
+from tests.conftest import LOGPROBE, REPO
 from tests.reliability.conftest import scale
 
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 EXAMPLES = int(scale(150, 2000))
 FUZZ = settings(
     max_examples=EXAMPLES,

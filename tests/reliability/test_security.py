@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -42,8 +41,8 @@ from click.testing import CliRunner
 from logprobe import collectors, monitor, storage
 from logprobe.app.cli import main as cli_main
 from logprobe.storage import Store, Writer
+from tests.conftest import LOGPROBE
 
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 SECRET = "OUTSIDE-SECRET-7f3a"  # what the files outside the root hold; must never come back
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ import fcntl
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +18,10 @@ from click.testing import CliRunner
 from logprobe import storage
 from logprobe.app.cli import main as cli_main
 from logprobe.storage import Store, Writer
+from tests.conftest import LOGPROBE
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0  # a fixed "now", so no test depends on the clock
-LOGPROBE = str(Path(sys.executable).with_name("logprobe"))
 
 
 def _tokens(writer: Writer, run_id: str, steps: range, ts: float, per_step: int = 4) -> None:
