@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.write_path import machine_info
+from bench._report import machine_info
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "RESULTS.md"

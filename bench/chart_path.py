@@ -22,7 +22,6 @@ Run it from the repository root: ``python -m bench.chart_path [--steps N] [--pee
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -36,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.write_path import machine_info, positive_int
+from bench import _report
 from logprobe import storage
 
 DEFAULT_STEPS = 1_000_000
 DEFAULT_PEER_STEPS = 20_000
 DEFAULT_METRICS = 20
 DEFAULT_REFRESHES = 15
-DEFAULT_OUT = Path(__file__).parent / "results" / "chart_path.md"
 RUN_ID = "bench-chart"
 CHART_METRIC = "mismatch/k3"
 MAX_POINTS = 600  # what the Metrics page asks for
@@ -248,7 +246,7 @@ def measure_mlflow(root: Path, steps: int, n_metrics: int, refreshes: int) -> Re
 
 
 def run_benchmark(steps: int, peer_steps: int, n_metrics: int, refreshes: int) -> Report:
-    report = Report(steps, peer_steps, n_metrics, refreshes, machine_info())
+    report = Report(steps, peer_steps, n_metrics, refreshes, _report.machine_info())
     sizes = [peer_steps] + ([steps] if steps != peer_steps else [])
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="logprobe-bench-chart-") as tmp:
@@ -285,10 +283,8 @@ def render(report: Report, command: str) -> str:
         "",
         f"## Side by side at {report.peer_steps:,} steps",
         "",
-        "| reader | first chart data | refresh (median) | refresh p90 | peer / logprobe (first, refresh) "
-        "| note |",
-        "|---|---|---|---|---|---|",
     ]
+    rows = []
     for r in report.results:
         if r.steps != report.peer_steps:
             continue
@@ -299,19 +295,40 @@ def render(report: Report, command: str) -> str:
                 if r.first_ms and r.refresh_ms and base.first_ms and base.refresh_ms
                 else "n/a"
             )
-        row = [r.tool, _fmt(r.first_ms), _fmt(r.refresh_ms), _fmt(r.refresh_p90_ms), ratio, r.note]
-        lines.append("| " + " | ".join(row) + " |")
+        rows.append([r.tool, _fmt(r.first_ms), _fmt(r.refresh_ms), _fmt(r.refresh_p90_ms), ratio, r.note])
+    lines += _report.markdown_table(
+        [
+            "reader",
+            "first chart data",
+            "refresh (median)",
+            "refresh p90",
+            "peer / logprobe (first, refresh)",
+            "note",
+        ],
+        rows,
+    )
     lines += [
         "",
         f"## logprobe at {report.steps:,} steps (the issue's targets)",
         "",
-        "| measure | logprobe | target | |",
-        "|---|---|---|---|",
-        f"| first chart data | {_fmt(full.first_ms)} | < {TARGET_FIRST_MS:.0f} ms | "
-        f"{verdict(full.first_ms, TARGET_FIRST_MS)} |",
-        f"| refresh (median) | {_fmt(full.refresh_ms)} | < {TARGET_REFRESH_MS:.0f} ms | "
-        f"{verdict(full.refresh_ms, TARGET_REFRESH_MS)} |",
-        f"| refresh p90 | {_fmt(full.refresh_p90_ms)} | | |",
+        *_report.markdown_table(
+            ["measure", "logprobe", "target", ""],
+            [
+                [
+                    "first chart data",
+                    _fmt(full.first_ms),
+                    f"< {TARGET_FIRST_MS:.0f} ms",
+                    verdict(full.first_ms, TARGET_FIRST_MS),
+                ],
+                [
+                    "refresh (median)",
+                    _fmt(full.refresh_ms),
+                    f"< {TARGET_REFRESH_MS:.0f} ms",
+                    verdict(full.refresh_ms, TARGET_REFRESH_MS),
+                ],
+                ["refresh p90", _fmt(full.refresh_p90_ms), "", ""],
+            ],
+        ),
         "",
         "Building the stores (not compared; `bench/write_path.py` is the write benchmark):",
         "",
@@ -339,21 +356,14 @@ def verdict(value: float | None, target: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS)
-    parser.add_argument("--peer-steps", type=positive_int, default=DEFAULT_PEER_STEPS)
-    parser.add_argument("--metrics", type=positive_int, default=DEFAULT_METRICS)
-    parser.add_argument("--refreshes", type=positive_int, default=DEFAULT_REFRESHES)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    args = parser.parse_args(argv)
-    command = "python -m bench.chart_path " + " ".join(argv if argv is not None else sys.argv[1:])
+    parser = _report.benchmark_parser("chart_path", __doc__)
+    parser.add_argument("--steps", type=_report.positive_int, default=DEFAULT_STEPS)
+    parser.add_argument("--peer-steps", type=_report.positive_int, default=DEFAULT_PEER_STEPS)
+    parser.add_argument("--metrics", type=_report.positive_int, default=DEFAULT_METRICS)
+    parser.add_argument("--refreshes", type=_report.positive_int, default=DEFAULT_REFRESHES)
+    args, command = _report.parse_command(parser, argv)
     report = run_benchmark(args.steps, min(args.peer_steps, args.steps), args.metrics, args.refreshes)
-    args.out.write_text(render(report, command.strip()), encoding="utf-8")
-    if args.json:
-        args.json.write_text(json.dumps(asdict(report), indent=2), encoding="utf-8")
-    print(args.out.read_text(encoding="utf-8"))
-    return 0
+    return _report.finish(args, render(report, command), asdict(report))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import statistics
 import subprocess
@@ -61,7 +60,7 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.stats import chi2
 
-from bench.write_path import positive_int
+from bench import _report
 from logprobe import monitor, storage
 
 DETECTORS = ("threshold", "shift", "reference", "spike", "jump", "nonfinite")
@@ -98,12 +97,6 @@ def fmt_rate(x: float) -> str:
     if math.isnan(x):
         return "n/a"
     return "0" if x == 0 else (f"{x:.3f}" if x < 10 else f"{x:.0f}")
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return out
 
 
 @dataclass
@@ -538,7 +531,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
 
     goals = res["goals"]
     lines += ["## Goals", ""]
-    lines += table(
+    lines += _report.markdown_table(
         ["goal", "met", "worst"],
         [[g["goal"], "yes" if g["met"] else "**no**", g["worst"]] for g in goals],
     )
@@ -603,7 +596,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         with_ref = sum(tally.ref_runs.values())
         row += [f"{steps:,}", f"{flagged}/{with_ref}"]
         rows.append(row)
-    lines += table(header, rows)
+    lines += _report.markdown_table(header, rows)
     lines.append("")
     lines += ["By detector: the largest rate per 10k over the case's metrics.", ""]
     rows = []
@@ -613,7 +606,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
             rates = [rate(tally.flags[(m, d)], tally.steps[m]) for m in tally.steps]
             row.append(fmt_rate(max(rates, default=0.0)))
         rows.append(row)
-    lines += table(["case", *DETECTORS[:4]], rows)
+    lines += _report.markdown_table(["case", *DETECTORS[:4]], rows)
     lines.append("")
 
     # 2
@@ -643,7 +636,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
                     else:
                         row.append(f"0/{c['seeds']}")
                 rows.append(row)
-        lines += table(["noise", "change", *[m.removeprefix("mismatch/") for m, _, _ in SYNTH_METRICS]], rows)
+        lines += _report.markdown_table(
+            ["noise", "change", *[m.removeprefix("mismatch/") for m, _, _ in SYNTH_METRICS]], rows
+        )
         lines.append("")
     pre: Counter[str] = Counter()
     steps_before: Counter[str] = Counter()
@@ -686,7 +681,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
                         + ")"
                     )
             rows.append(row)
-        lines += table(["scenario", *ENGINES], rows)
+        lines += _report.markdown_table(["scenario", *ENGINES], rows)
         lines.append("")
         for key, c in demo.items():
             r = c["runs"][0]
@@ -727,7 +722,9 @@ def tally_table(tally: Tally) -> list[str]:
         refs = tally.ref_runs[metric]
         row.append(f"{tally.runs_with_ref_flag[metric]}/{refs}" if refs else "")
         rows.append(row)
-    return table(["metric", *DETECTORS[:5], "all", "all, 95% upper", "steps", "ref runs flagged"], rows)
+    return _report.markdown_table(
+        ["metric", *DETECTORS[:5], "all", "all, 95% upper", "steps", "ref runs flagged"], rows
+    )
 
 
 def judge_goals(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -867,9 +864,7 @@ def open_stores(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.detection", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detection.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser = _report.benchmark_parser("detection", __doc__)
     parser.add_argument(
         "--data", type=Path, default=None, help="existing demo stores (ENGINE-sSEED, torch-long)"
     )
@@ -879,18 +874,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--long-steps", type=int, default=200, help="steps of the long torch run generated (0: none)"
     )
     parser.add_argument(
-        "--steps", type=positive_int, default=50_000, help="bootstrapped length of each healthy run"
+        "--steps", type=_report.positive_int, default=50_000, help="bootstrapped length of each healthy run"
     )
     parser.add_argument("--block", type=float, default=6.0, help="mean block length of the bootstrap")
     parser.add_argument(
-        "--synthetic-steps", type=positive_int, default=50_000, help="length of one synthetic series"
+        "--synthetic-steps", type=_report.positive_int, default=50_000, help="length of one synthetic series"
     )
     parser.add_argument(
-        "--replicates", type=positive_int, default=100, help="synthetic series per case and metric"
+        "--replicates", type=_report.positive_int, default=100, help="synthetic series per case and metric"
     )
-    parser.add_argument("--ref-steps", type=positive_int, default=200, help="length of a synthetic reference")
-    parser.add_argument("--change-at", type=positive_int, default=1000, help="step of the injected change")
-    parser.add_argument("--delay-seeds", type=positive_int, default=40)
+    parser.add_argument(
+        "--ref-steps", type=_report.positive_int, default=200, help="length of a synthetic reference"
+    )
+    parser.add_argument(
+        "--change-at", type=_report.positive_int, default=1000, help="step of the injected change"
+    )
+    parser.add_argument("--delay-seeds", type=_report.positive_int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.block < 1:
@@ -935,12 +934,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     res["goals"], res["misses"] = judge_goals(res)
     res["seconds"] = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(res, args), encoding="utf-8")
-    print(f"wrote {args.out} in {res['seconds']:.0f} s", file=sys.stderr)
-    if args.json is not None:
-        args.json.write_text(json.dumps(to_json(res), indent=1, allow_nan=False), encoding="utf-8")
-    return 0
+    return _report.finish(args, report(res, args), to_json(res))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ Run it from the repository root:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import _report
 from bench.detection import generate
-from bench.write_path import notes_and_machine
 from logprobe import monitor, storage
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.collectors.demo._loop import supported
@@ -122,14 +120,12 @@ def report(results: dict[str, dict[int, dict[str, dict]]], seconds: float, notes
                 lines.append(f"- **{name}**: {first['evidence']}")
         lines.append("")
     lines.insert(5, f"**{passed} of {total} runs diagnosed as their scenario says.**\n")
-    lines += notes_and_machine(notes)
+    lines += _report.notes_and_machine(notes)
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.diagnosis", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "diagnosis.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the verdicts here")
+    parser = _report.benchmark_parser("diagnosis", __doc__)
     parser.add_argument("--data", type=Path, default=None, help="existing demo stores (ENGINE-sSEED)")
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -157,15 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if skipped and engine in results:
                 notes.append(f"{engine} cannot play {', '.join(skipped)} (see `collectors.demo`)")
     text = report(results, time.perf_counter() - start, notes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
     failed = sum(
         not v["ok"] for by_seed in results.values() for runs in by_seed.values() for v in runs.values()
     )
-    return 1 if failed else 0
+    return _report.finish(args, text, results, 1 if failed else 0)
 
 
 if __name__ == "__main__":

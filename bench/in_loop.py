@@ -35,27 +35,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
 import math
 import os
-import shlex
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.write_path import machine_info, positive_int
+from bench import _report
+from bench._workload import timed
 from logprobe import collectors
 from logprobe.collectors._mismatch import DEFAULT_C, DEFAULT_EPS, DEFAULT_TOP_K, HIST_EDGES, MISMATCH_METRICS
 
 DEFAULT_TOKENS = (1_000_000, 16_000_000)
 DEFAULT_REPEATS = 3
-DEFAULT_OUT = Path(__file__).parent / "results" / "in_loop.md"
 DEFAULT_MODELS = ("tiny", "medium")
 RUN_ID = "bench-in-loop"
 
@@ -78,10 +75,6 @@ TARGET_VS_FLOOR = 2.0  # and at most this many times slower than (b)
 TARGET_SIGNATURES = 1.3  # log_mismatch with signatures and sequences, against without
 
 N_BINS = len(HIST_EDGES) + 1
-
-
-class BenchmarkError(RuntimeError):
-    """The contenders disagree, so their timings are not of equal work; the numbers are void."""
 
 
 # ---------------------------------------------------------------------------------------- workload
@@ -338,29 +331,27 @@ def _agrees(a: float, b: float) -> bool:
     return _rel_diff(a, b) <= REL_TOL or abs(a - b) <= ABS_TOL
 
 
+def _paired(
+    name: str, what: str, label: str, reference: Sequence[float], other: Sequence[float]
+) -> list[tuple[str, float, float]]:
+    """``other``'s outputs of one kind next to logprobe's, named ``label[i]``; none when ``other`` is
+    empty (a contender that does not produce them), and an error when it has another count."""
+    if not other:
+        return []
+    if len(other) != len(reference):
+        raise _report.BenchmarkError(f"{name}: {len(other)} {what}, logprobe has {len(reference)}")
+    return [(f"{label}[{i}]", a, b) for i, (a, b) in enumerate(zip(reference, other, strict=True))]
+
+
 def compare(name: str, tokens: int, reference: Outputs, other: Outputs, *, check: bool) -> Agreement:
     """Compare every output ``other`` shares with ``reference``; raise on a miss when ``check``."""
     pairs: list[tuple[str, float, float]] = []
     missing = set(reference.stats) ^ set(other.stats)
     if missing:
-        raise BenchmarkError(f"{name}: stats differ in their names: {sorted(missing)}")
+        raise _report.BenchmarkError(f"{name}: stats differ in their names: {sorted(missing)}")
     pairs += [(key, reference.stats[key], other.stats[key]) for key in reference.stats]
-    if other.histogram:
-        if len(other.histogram) != len(reference.histogram):
-            raise BenchmarkError(f"{name}: {len(other.histogram)} histogram bins, logprobe has {N_BINS}")
-        pairs += [
-            (f"histogram[{i}]", a, b)
-            for i, (a, b) in enumerate(zip(reference.histogram, other.histogram, strict=True))
-        ]
-    if other.worst_abs:
-        if len(other.worst_abs) != len(reference.worst_abs):
-            raise BenchmarkError(
-                f"{name}: {len(other.worst_abs)} worst tokens, logprobe has {len(reference.worst_abs)}"
-            )
-        pairs += [
-            (f"worst[{i}]", a, b)
-            for i, (a, b) in enumerate(zip(reference.worst_abs, other.worst_abs, strict=True))
-        ]
+    pairs += _paired(name, "histogram bins", "histogram", reference.histogram, other.histogram)
+    pairs += _paired(name, "worst tokens", "worst", reference.worst_abs, other.worst_abs)
     worst_diff, worst_key = max((_rel_diff(a, b), key) for key, a, b in pairs)
     if worst_diff == 0:
         worst_key = "(all identical)"
@@ -368,7 +359,7 @@ def compare(name: str, tokens: int, reference: Outputs, other: Outputs, *, check
     failed = [(key, a, b) for key, a, b in pairs if not _agrees(a, b)]
     if check and failed:
         detail = ", ".join(f"{key}: {a!r} vs {b!r}" for key, a, b in failed)
-        raise BenchmarkError(f"{name} disagrees with logprobe beyond {REL_TOL:g} relative: {detail}")
+        raise _report.BenchmarkError(f"{name} disagrees with logprobe beyond {REL_TOL:g} relative: {detail}")
     return Agreement(name, tokens, worst_diff, worst_key, max_abs, len(pairs), check, not failed)
 
 
@@ -391,10 +382,9 @@ class Timing:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """``timed`` after a collection, so that no contender pays for garbage another one left."""
     gc.collect()
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
+    return timed(fn)
 
 
 # Contender names, in report order.
@@ -674,12 +664,6 @@ class Report:
         }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms" if seconds >= 0.01 else f"{seconds * 1e3:.3f} ms"
 
@@ -710,19 +694,11 @@ def render(report: Report) -> str:
         f"on cheap batches: about {MIN_SECONDS:g} s per contender, at most {MAX_REPEAT_FACTOR}x as many) "
         "after one untimed warm-up call; contenders alternate in a rotating order. CPU only.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
-        "",
+        *_report.command_section(report.command),
+        *_report.machine_section(report.machine),
         "## Goals",
         "",
-        *_table(
+        *_report.markdown_table(
             ["goal", "limit", "measured (medians)", "verdict"],
             [[g, limit, v, "MET" if met else "MISSED"] for g, limit, v, met in report.verdicts()],
         ),
@@ -741,7 +717,7 @@ def render(report: Report) -> str:
             f"### {side:,} x {side:,} = {side * side:,} padded positions "
             f"({rows[0].valid_tokens:,} response tokens)",
             "",
-            *_table(
+            *_report.markdown_table(
                 ["contender", "calls", "median", "min", "max", "first call", "median / logprobe"],
                 [
                     [
@@ -767,7 +743,7 @@ def render(report: Report) -> str:
         "is reported, not checked: float32 sums and float32 `exp(d) - 1 - d` cannot promise 1e-6, which is "
         "why logprobe upcasts (how far off it is depends on the data; see its row).",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "tokens",
                 "contender",
@@ -801,7 +777,7 @@ def render(report: Report) -> str:
             "rollout = trainer + noise, a response mask and token ids. Medians of "
             f"{report.repeats} alternating calls after one warm-up.",
             "",
-            *_table(
+            *_report.markdown_table(
                 [
                     "model",
                     "params",
@@ -829,7 +805,7 @@ def render(report: Report) -> str:
     out += [
         "## Every repeat",
         "",
-        *_table(
+        *_report.markdown_table(
             ["tokens", "contender", "per-call times"],
             [[f"{t.tokens:,}", t.contender, ", ".join(_ms(s) for s in t.samples_s)] for t in report.timings]
             + [
@@ -876,7 +852,7 @@ def run_benchmark(
     command: str,
 ) -> Report:
     """Measure every batch size, then every model, logging into a throwaway store."""
-    machine = machine_info()
+    machine = _report.machine_info()
     machine["torch"] = f"{torch.__version__} ({torch.get_num_threads()} intra-op threads, "
     machine["torch"] += f"{torch.get_num_interop_threads()} inter-op)"
     info = CompileInfo(enabled=use_compile)
@@ -909,12 +885,12 @@ def run_benchmark(
 
 
 def _token_list(text: str) -> list[int]:
-    return [positive_int(part) for part in text.split(",") if part.strip()]
+    return [_report.positive_int(part) for part in text.split(",") if part.strip()]
 
 
 def _batch_shape(text: str) -> tuple[int, int]:
     try:
-        batch, seq_len = (positive_int(part) for part in text.lower().split("x"))
+        batch, seq_len = (_report.positive_int(part) for part in text.lower().split("x"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected BxT such as 8x512, got {text!r}") from exc
     if seq_len < 2:
@@ -931,23 +907,14 @@ def _model_list(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.in_loop", description=__doc__.splitlines()[0])
+    parser = _report.benchmark_parser("in_loop", __doc__)
     parser.add_argument(
         "--tokens",
         type=_token_list,
         default=list(DEFAULT_TOKENS),
         help="padded positions per batch, comma separated (default 1000000,16000000)",
     )
-    parser.add_argument(
-        "--repeats",
-        type=positive_int,
-        default=DEFAULT_REPEATS,
-        help="timed calls per contender (default %(default)s)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/in_loop.md)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
+    _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed calls per contender")
     parser.add_argument(
         "--model-sizes",
         type=_model_list,
@@ -963,28 +930,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=positive_int,
+        type=_report.positive_int,
         default=None,
         help="torch intra-op threads (default: torch's own choice)",
     )
     parser.add_argument("--no-compile", action="store_true", help="do not try torch.compile for the floor")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
-
-    command = shlex.join(["python", "-m", "bench.in_loop", *args_list])
+    args, command = _report.parse_command(parser, argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     models = [] if args.skip_models else args.model_sizes
     report = run_benchmark(args.tokens, args.repeats, models, args.model_batch, not args.no_compile, command)
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), report.to_json())
 
 
 if __name__ == "__main__":

@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import multiprocessing as mp
 import queue
-import shlex
 import statistics
 import sys
 import tempfile
@@ -43,13 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from bench.write_path import METRIC_NAMES, machine_info, positive_int
+from bench import _report
+from bench._workload import METRIC_NAMES
 from logprobe import collectors, monitor, storage
 
 DEFAULT_STEPS = 100
 DEFAULT_FLUSH_INTERVALS = (1.0, 0.1)
 DEFAULT_POLL_MS = 20.0
-DEFAULT_OUT = Path(__file__).parent / "results" / "live_latency.md"
 GAP_S = (0.05, 0.25)  # random pause between steps in the trainer
 RUN_ID = "bench-live"
 METRIC = "mismatch/k3"
@@ -57,10 +55,6 @@ THRESHOLD = 1e-2
 RULE = "bench-k3-above"
 READY_TIMEOUT_S = 120.0
 SEED = 7
-
-
-class BenchmarkError(RuntimeError):
-    """A watcher saw something other than what was logged; the latencies are void."""
 
 
 def k3_value(step: int) -> float:
@@ -102,7 +96,7 @@ def reader_main(root: str, poll_s: float, ready: Event, stop: Event, progress: A
             now = time.time()
             for row in rows:
                 if row["step"] in seen:
-                    raise BenchmarkError(f"reader: step {row['step']} came back twice")
+                    raise _report.BenchmarkError(f"reader: step {row['step']} came back twice")
                 seen[row["step"]] = (now, row["value"])
             if rows:
                 last = max(row["step"] for row in rows)
@@ -182,7 +176,9 @@ def _collect(out: Any, proc: mp.process.BaseProcess, what: str, timeout_s: float
     try:
         result = out.get(timeout=timeout_s)
     except queue.Empty:
-        raise BenchmarkError(f"the {what} process returned nothing (exit code {proc.exitcode})") from None
+        raise _report.BenchmarkError(
+            f"the {what} process returned nothing (exit code {proc.exitcode})"
+        ) from None
     proc.join(timeout_s)
     return result
 
@@ -203,7 +199,7 @@ def measure(flush_interval: float, steps: int, poll_s: float, root: Path) -> Res
     try:
         for ev, proc in zip(ready, procs, strict=True):
             if not ev.wait(READY_TIMEOUT_S):
-                raise BenchmarkError(f"{proc.name} did not start (exit code {proc.exitcode})")
+                raise _report.BenchmarkError(f"{proc.name} did not start (exit code {proc.exitcode})")
         run = collectors.init(run_id=RUN_ID, root=root, flush_interval=flush_interval)
         rng = np.random.default_rng(SEED)
         logged: list[float] = []
@@ -224,24 +220,28 @@ def measure(flush_interval: float, steps: int, poll_s: float, root: Path) -> Res
     seen = {int(k): v for k, v in reader["seen"].items()}
     if sorted(seen) != list(range(steps)):
         missing = sorted(set(range(steps)) - set(seen))
-        raise BenchmarkError(f"reader: {len(missing)} step(s) never became visible, first {missing[:5]}")
+        raise _report.BenchmarkError(
+            f"reader: {len(missing)} step(s) never became visible, first {missing[:5]}"
+        )
     for step, (_, value) in seen.items():
         if value != k3_value(step):
-            raise BenchmarkError(f"reader: step {step} read {value!r}, logged {k3_value(step)!r}")
+            raise _report.BenchmarkError(f"reader: step {step} read {value!r}, logged {k3_value(step)!r}")
     alerts = {a["step"]: a for a in watcher["alerts"]}
     if len(alerts) != len(watcher["alerts"]) or sorted(alerts) != list(range(steps)):
-        raise BenchmarkError(
+        raise _report.BenchmarkError(
             f"watcher: expected one alert per step 0..{steps - 1}, got steps {sorted(alerts)}"
         )
     for step, a in alerts.items():
         state = "firing" if step % 2 == 0 else "resolved"
         if (a["state"], a["value"], a["rule"], a["run_id"]) != (state, k3_value(step), RULE, RUN_ID):
-            raise BenchmarkError(f"watcher: step {step} gave {a}, expected {state} at {k3_value(step)!r}")
+            raise _report.BenchmarkError(
+                f"watcher: step {step} gave {a}, expected {state} at {k3_value(step)!r}"
+            )
 
     visible_s = [seen[s][0] - logged[s] for s in range(steps)]
     alert_s = [alerts[s]["t"] - logged[s] for s in range(steps)]
     if min(visible_s) <= 0 or min(alert_s) <= 0:
-        raise BenchmarkError("a step was seen before run.log() returned: the clocks disagree")
+        raise _report.BenchmarkError("a step was seen before run.log() returned: the clocks disagree")
     return Result(
         flush_interval_s=flush_interval,
         steps=steps,
@@ -259,11 +259,6 @@ def measure(flush_interval: float, steps: int, poll_s: float, root: Path) -> Res
 
 
 # ---------------------------------------------------------------------------------------- report
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def render(
@@ -301,21 +296,18 @@ def render(
         f"`run.log()` returned; percentiles over the {steps} steps (p99 of {steps} samples is close to "
         "the maximum).",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        command,
-        "```",
-        "",
+        *_report.command_section(command),
         "## Results",
         "",
-        *_table(["flush_interval", "from `run.log()` returning to", "median", "p99", "min", "max"], rows),
+        *_report.markdown_table(
+            ["flush_interval", "from `run.log()` returning to", "median", "p99", "min", "max"], rows
+        ),
         "",
         *readings,
         "",
         "## Detail",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "flush_interval",
                 "firing only: median / p99",
@@ -341,10 +333,7 @@ def render(
         "- The watcher reported exactly one alert per step: `firing` at even steps (value above the "
         "threshold), `resolved` at odd ones, each with the logged value.",
         "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in machine.items()]),
-        "",
+        *_report.machine_section(machine),
         "## How to read this",
         "",
         "- The writer flushes on a timer, so a value waits on average half a flush interval before it "
@@ -385,10 +374,8 @@ def _intervals(text: str) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.live_latency", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=positive_int, default=DEFAULT_STEPS, help="steps logged per run (default %(default)s)"
-    )
+    parser = _report.benchmark_parser("live_latency", __doc__)
+    _report.add_count(parser, "--steps", DEFAULT_STEPS, "steps logged per run")
     parser.add_argument(
         "--flush-intervals",
         type=_intervals,
@@ -398,34 +385,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--poll-ms", type=float, default=DEFAULT_POLL_MS, help="watchers' poll period (default %(default)s)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="Markdown report (default bench/results/live_latency.md)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
+    args, command = _report.parse_command(parser, argv)
     if not args.poll_ms > 0:
         parser.error("--poll-ms must be > 0")
 
-    command = shlex.join(["python", "-m", "bench.live_latency", *args_list])
-    machine = machine_info()
+    machine = _report.machine_info()
     results = []
     for interval in args.flush_intervals:
         with tempfile.TemporaryDirectory(prefix="logprobe-live-") as tmp:
             results.append(measure(interval, args.steps, args.poll_ms / 1e3, Path(tmp)))
     text = render(results, args.steps, args.poll_ms, command, machine)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = to_json(results, args.steps, args.poll_ms, command, machine)
-        args.json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, text, to_json(results, args.steps, args.poll_ms, command, machine))
 
 
 if __name__ == "__main__":

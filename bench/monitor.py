@@ -34,8 +34,6 @@ import itertools
 import json
 import math
 import os
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +41,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +49,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.write_path import machine_info, positive_int
+from bench import _report, _servers
+from bench._workload import timed
 from logprobe import monitor, storage
+from logprobe.collectors import MISMATCH_METRICS
 
 DEFAULT_STEPS = (10_000, 100_000, 1_000_000)
 DEFAULT_METRICS = 20
@@ -62,7 +62,6 @@ DEFAULT_TICK_STEPS = 10
 DEFAULT_UI_RUNS = 10
 DEFAULT_UI_STEPS = 100_000
 DEFAULT_UI_REPEATS = 3
-DEFAULT_OUT = Path(__file__).parent / "results" / "monitor.md"
 FILE_STEPS = 10_000  # steps per metrics file, as in bench/scale.py (200,000 rows at 20 metrics)
 COMPRESSION = "zstd"  # the Writer's default
 START_US = 1_700_000_000_000_000  # first step's timestamp; one step per second after it
@@ -73,29 +72,9 @@ GOAL_SCAN_RATIO = 10.0  # full scan of the largest run within this factor of the
 GOAL_TICK_S = 0.050  # an incremental tick, whatever the run's length
 GOAL_UI_S = 2.0  # Runs page with findings kept
 
-# The mismatch metrics a collector logs, plus one trending training metric: 20 names.
-METRIC_NAMES = (
-    "mismatch/k1",
-    "mismatch/k2",
-    "mismatch/k3",
-    "mismatch/abs_logp_diff_mean",
-    "mismatch/abs_logp_diff_max",
-    "mismatch/abs_prob_diff_mean",
-    "mismatch/abs_prob_diff_max",
-    "mismatch/prob_pearson",
-    "mismatch/ratio_mean",
-    "mismatch/ratio_std",
-    "mismatch/ratio_min",
-    "mismatch/ratio_max",
-    "mismatch/chi2",
-    "mismatch/ess",
-    "mismatch/frac_outside_eps",
-    "mismatch/frac_outside_C",
-    "mismatch/seq_log_ratio_mean",
-    "mismatch/seq_log_ratio_abs_max",
-    "mismatch/seq_k3_max",
-    "train/kl_ref",
-)
+# The mismatch stats a collector logs (less its two token counts), plus one trending training
+# metric: 20 names.
+METRIC_NAMES = (*MISMATCH_METRICS[2:], "train/kl_ref")
 
 DUCKDB_SQL = (
     "SELECT name, count(*) AS n, avg(value) AS mean, min(value) AS lo, max(value) AS hi "
@@ -118,10 +97,6 @@ CHROMIUM_ARGS = [
 ]
 EXCEPTION = "[data-testid='stException']"
 CELLS = "[data-testid='stDataFrame'] table td, [data-testid='stDataFrame'] [role='gridcell']"
-
-
-class BenchmarkError(RuntimeError):
-    """A result differs from what was written; the numbers are void."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -245,12 +220,6 @@ def write_run(root: Path, run_id: str, index: int, steps: int, names: Sequence[s
     return rows
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
-
-
 def _median(samples: Sequence[float]) -> float:
     return statistics.median(samples)
 
@@ -261,7 +230,7 @@ def _median(samples: Sequence[float]) -> float:
 def check_duckdb(table: pa.Table, names: Sequence[str], steps: int) -> None:
     rows = {r["name"]: r for r in table.to_pylist()}
     if sorted(rows) != sorted(names) or any(r["n"] != steps for r in rows.values()):
-        raise BenchmarkError(
+        raise _report.BenchmarkError(
             f"DuckDB pass: {len(rows)} metrics, counts {sorted({r['n'] for r in rows.values()})}"
         )
 
@@ -284,25 +253,27 @@ def measure_scan(store: storage.Store, run_id: str, names: Sequence[str], steps:
     findings: list[monitor.Finding] = []
     run_monitor = None
     for _ in range(repeats):
-        t_duck, duck = _timed(lambda: store.sql(DUCKDB_SQL, [run_id]))
+        t_duck, duck = timed(lambda: store.sql(DUCKDB_SQL, [run_id]))
         check_duckdb(duck, names, steps)
-        t_plain, plain = _timed(lambda: store.sql(PLAIN_SQL, [run_id]))
+        t_plain, plain = timed(lambda: store.sql(PLAIN_SQL, [run_id]))
         if plain.num_rows != rows:
-            raise BenchmarkError(f"plain read returned {plain.num_rows:,} rows, expected {rows:,}")
+            raise _report.BenchmarkError(f"plain read returned {plain.num_rows:,} rows, expected {rows:,}")
         del plain
-        t_scan, findings = _timed(lambda: monitor.detect_run(store, run_id))
-        t_read, table = _timed(lambda: monitor.metric_rows(store, run_id))
+        t_scan, findings = timed(lambda: monitor.detect_run(store, run_id))
+        t_read, table = timed(lambda: monitor.metric_rows(store, run_id))
         if table.num_rows != rows:
-            raise BenchmarkError(f"metric_rows returned {table.num_rows:,} rows, expected {rows:,}")
+            raise _report.BenchmarkError(f"metric_rows returned {table.num_rows:,} rows, expected {rows:,}")
         run_monitor = monitor.RunMonitor(run_id)
-        t_feed, split_found = _timed(
+        t_feed, split_found = timed(
             lambda mon=run_monitor, tbl=table: (monitor.feed(mon, tbl), mon.findings())[1]
         )
         del table
         if run_monitor.points != rows:
-            raise BenchmarkError(f"the monitor consumed {run_monitor.points:,} points, expected {rows:,}")
+            raise _report.BenchmarkError(
+                f"the monitor consumed {run_monitor.points:,} points, expected {rows:,}"
+            )
         if [f.key for f in split_found] != [f.key for f in findings]:
-            raise BenchmarkError("detect_run and metric_rows + feed disagree on the findings")
+            raise _report.BenchmarkError("detect_run and metric_rows + feed disagree on the findings")
         for key, value in zip(samples, (t_duck, t_plain, t_scan, t_read, t_feed), strict=True):
             samples[key].append(value)
     med = {key: _median(values) for key, values in samples.items()}
@@ -350,16 +321,16 @@ def measure_ticks(
     seq = itertools.count()
     for _ in range(ticks + 1):  # the first is an untimed warm-up
         new_file(next(seq))
-        t_refresh, _ = _timed(store.refresh)
+        t_refresh, _ = timed(store.refresh)
         files = store.files("metrics")
         new = [p for p in files if p not in seen]
         seen.update(new)
         before = run_monitor.points
         pick_new = lambda _files, new=new: new  # noqa: E731 (the tick reads this one file)
-        t_read, table = _timed(lambda pick_new=pick_new: monitor.metric_rows(store, run_id, pick=pick_new))
-        t_feed, _ = _timed(lambda table=table: monitor.feed(run_monitor, table))
+        t_read, table = timed(lambda pick_new=pick_new: monitor.metric_rows(store, run_id, pick=pick_new))
+        t_feed, _ = timed(lambda table=table: monitor.feed(run_monitor, table))
         if len(new) != 1 or table.num_rows != tick_rows or run_monitor.points - before != tick_rows:
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"tick: {len(new)} new files, {table.num_rows} rows read, "
                 f"{run_monitor.points - before} fed; expected 1, {tick_rows}, {tick_rows}"
             )
@@ -369,11 +340,11 @@ def measure_ticks(
 
     # The kept scan: its first call scans every file so far, each later call only the new one.
     store.refresh()
-    t_kept_first, kept = _timed(lambda: monitor.run_findings(store, run_id))
+    t_kept_first, kept = timed(lambda: monitor.run_findings(store, run_id))
     kept_samples: list[float] = []
     for _ in range(ticks + 1):
         new_file(next(seq))
-        t_kept, kept = _timed(lambda: (store.refresh(), monitor.run_findings(store, run_id))[1])
+        t_kept, kept = timed(lambda: (store.refresh(), monitor.run_findings(store, run_id))[1])
         kept_samples.append(t_kept)
     kept_samples = kept_samples[1:]
     # The kept scan and the tick-fed monitor saw the same rows up to the last tick of the first
@@ -397,7 +368,7 @@ def run_scan_part(
     """Each size is its own store of one run (smaller ones hard-linked from the largest's files)."""
     largest = max(sizes)
     full = tmp / "full"
-    build_s, build_rows = _timed(lambda: write_run(full, "scan-run", 0, largest, names))
+    build_s, build_rows = timed(lambda: write_run(full, "scan-run", 0, largest, names))
     print(f"built {build_rows:,} rows in {build_s:.1f} s", file=sys.stderr, flush=True)
     scans, tick_results = [], []
     for size in sorted(sizes):
@@ -446,16 +417,10 @@ def run_scan_part(
 # ---------------------------------------------------------------------------------------- (c)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve(root: Path, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
     """``logprobe ui`` over ``root`` on a free port, once its health check answers (as the
     dashboard tests start it)."""
-    port = _free_port()
+    port = _servers.free_port()
     logprobe = str(Path(sys.executable).with_name("logprobe"))
     log = log_path.open("w")
     proc = subprocess.Popen(
@@ -522,9 +487,7 @@ def run_ui_part(
         raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
     root, cache = tmp / "ui-store", tmp / "ui-cache"
     run_ids = [f"ui-run-{i:02d}" for i in range(runs)]
-    build_s, rows = _timed(
-        lambda: sum(write_run(root, rid, i, steps, names) for i, rid in enumerate(run_ids))
-    )
+    build_s, rows = timed(lambda: sum(write_run(root, rid, i, steps, names) for i, rid in enumerate(run_ids)))
     print(f"built {rows:,} rows for the Runs page in {build_s:.1f} s", file=sys.stderr, flush=True)
     env = {**os.environ, "LOGPROBE_CACHE_DIR": str(cache)}
     proc, url = serve(root, env, tmp / "ui-server.log")
@@ -539,11 +502,7 @@ def run_ui_part(
             finally:
                 browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _servers.stop(proc)
     kept = list((cache / "findings").rglob("*.json")) if (cache / "findings").exists() else []
     return {
         "runs": runs,
@@ -558,11 +517,6 @@ def run_ui_part(
 
 
 # ---------------------------------------------------------------------------------------- report
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _s(seconds: float) -> str:
@@ -595,15 +549,10 @@ def render(result: dict) -> str:
         "untimed) on a warm page cache; every result is checked. The machine has 2 cores and other "
         "work was running on it, so the numbers are noisy; compare ratios more than absolute times.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        result["command"],
-        "```",
-        "",
+        *_report.command_section(result["command"]),
         "## Full scan of one run against one DuckDB pass",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "steps x metrics",
                 "rows",
@@ -648,7 +597,7 @@ def render(result: dict) -> str:
         "",
         "## Incremental tick",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "run length",
                 "new rows",
@@ -725,7 +674,7 @@ def render(result: dict) -> str:
             "new browser context (a new Streamlit session) timed from `goto` until the runs table holds "
             "every run id. The first open scans every run; later opens find what was kept.",
             "",
-            *_table(
+            *_report.markdown_table(
                 ["open", "seconds", "goal"],
                 [
                     ["first (cold: every run scanned)", _s(ui["cold_s"]), "-"],
@@ -752,11 +701,11 @@ def render(result: dict) -> str:
             ]
         )
     out += ui_lines
-    out += ["## Goals (issue 16)", "", *_table(["goal", "measured", "status"], goals), ""]
+    out += ["## Goals (issue 16)", "", *_report.markdown_table(["goal", "measured", "status"], goals), ""]
     out += [
         "## Every repeat (seconds)",
         "",
-        *_table(
+        *_report.markdown_table(
             ["steps", "DuckDB", "plain read", "full scan", "read", "detectors"],
             [
                 [
@@ -770,7 +719,7 @@ def render(result: dict) -> str:
             ],
         ),
         "",
-        *_table(
+        *_report.markdown_table(
             ["steps", "tick (read + feed), ms", "kept scan tick, ms"],
             [
                 [
@@ -790,10 +739,7 @@ def render(result: dict) -> str:
         "- Each tick finds exactly one new file, reads its rows and nothing else, and the monitor's "
         "point count grows by exactly those rows.",
         "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in result["machine"].items()]),
-        "",
+        *_report.machine_section(result["machine"]),
     ]
     return "\n".join(out)
 
@@ -816,46 +762,20 @@ def size_list(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.monitor", description=__doc__.splitlines()[0])
+    parser = _report.benchmark_parser("monitor", __doc__)
     parser.add_argument(
         "--steps",
         type=size_list,
         default=list(DEFAULT_STEPS),
         help="run lengths for the full scan and ticks, comma-separated (default 10000,100000,1000000)",
     )
-    parser.add_argument(
-        "--metrics", type=positive_int, default=DEFAULT_METRICS, help="metrics per step (default %(default)s)"
-    )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=DEFAULT_REPEATS, help="timed repeats (default %(default)s)"
-    )
-    parser.add_argument(
-        "--ticks", type=positive_int, default=DEFAULT_TICKS, help="timed ticks (default %(default)s)"
-    )
-    parser.add_argument(
-        "--tick-steps",
-        type=positive_int,
-        default=DEFAULT_TICK_STEPS,
-        help="steps per tick file (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ui-runs",
-        type=positive_int,
-        default=DEFAULT_UI_RUNS,
-        help="runs on the Runs page (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ui-steps",
-        type=positive_int,
-        default=DEFAULT_UI_STEPS,
-        help="steps per run there (default %(default)s)",
-    )
-    parser.add_argument(
-        "--ui-repeats",
-        type=positive_int,
-        default=DEFAULT_UI_REPEATS,
-        help="later opens timed (default %(default)s)",
-    )
+    _report.add_count(parser, "--metrics", DEFAULT_METRICS, "metrics per step")
+    _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed repeats")
+    _report.add_count(parser, "--ticks", DEFAULT_TICKS, "timed ticks")
+    _report.add_count(parser, "--tick-steps", DEFAULT_TICK_STEPS, "steps per tick file")
+    _report.add_count(parser, "--ui-runs", DEFAULT_UI_RUNS, "runs on the Runs page")
+    _report.add_count(parser, "--ui-steps", DEFAULT_UI_STEPS, "steps per run there")
+    _report.add_count(parser, "--ui-repeats", DEFAULT_UI_REPEATS, "later opens timed")
     parser.add_argument(
         "--ui-timeout", type=float, default=600.0, help="seconds one page open may take (default %(default)s)"
     )
@@ -863,17 +783,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tmp", type=Path, default=None, help="where to build the stores (default: a new temp dir)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/monitor.md)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
+    args, command = _report.parse_command(parser, argv)
 
     names = metric_names(args.metrics)
     result: dict[str, Any] = {
-        "command": shlex.join(["python", "-m", "bench.monitor", *args_list]),
-        "machine": machine_info(),
+        "command": command,
+        "machine": _report.machine_info(),
         "steps": args.steps,
         "metrics": args.metrics,
         "repeats": args.repeats,
@@ -893,15 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(trace, file=sys.stderr)
                 result["ui"] = {"runs": args.ui_runs, "steps": args.ui_steps, "error": trace[-4000:]}
                 code = 1
-    text = render(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(to_json(result), indent=2), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return code
+    return _report.finish(args, render(result), to_json(result), code)
 
 
 if __name__ == "__main__":

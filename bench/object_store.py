@@ -32,16 +32,12 @@ moto's server (``moto[server]``, in requirements-test.txt).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
-import json
 import math
 import os
-import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +46,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -59,12 +55,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from bench.write_path import machine_info, make_workload, metric_names, positive_int
+from bench import _report, _servers
+from bench._workload import make_workload, metric_names, timed
 from logprobe import collectors, storage
 from logprobe.storage._mirror import CACHE_ENV, COLD_PER_SYNC, HOT_S
 from logprobe.storage._objectstore import ObjectRoot
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "object_store.md"
 N_METRICS = 20
 MAX_POINTS = 1000
 BUCKET = "logprobe-bench"
@@ -110,20 +106,7 @@ BUCKET_SQL = """
     ORDER BY name, x
 """
 
-T = TypeVar("T")
-
-
-class BenchmarkError(RuntimeError):
-    """A check failed (rows lost, a chart that differs, a writer error); the numbers are void."""
-
-
 # ---------------------------------------------------------------------------------------- the server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -135,7 +118,7 @@ def moto_server(log_path: Path) -> Iterator[str]:
     """
     if importlib.util.find_spec("moto") is None:
         raise SystemExit("bench.object_store needs moto's server: pip install -r requirements-test.txt")
-    port = _free_port()
+    port = _servers.free_port()
     url = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
@@ -152,16 +135,11 @@ def moto_server(log_path: Path) -> Iterator[str]:
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = log_path.read_text(errors="replace")[-2000:]
-                    raise BenchmarkError(f"moto server did not start on {url}:\n{tail}") from None
+                    raise _report.BenchmarkError(f"moto server did not start on {url}:\n{tail}") from None
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _servers.stop(proc)
 
 
 def use_server(url: str) -> None:
@@ -175,12 +153,6 @@ def use_server(url: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-
-
-def _timed(fn: Callable[[], T]) -> tuple[float, T]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def _p95(values: Sequence[float]) -> float:
@@ -216,7 +188,7 @@ def step_metrics(step: int) -> dict[str, float]:
 
 def _check_writer(stats: storage.WriterStats, what: str) -> None:
     if stats.write_errors or stats.rows_dropped or stats.rows_pending or stats.last_error:
-        raise BenchmarkError(f"{what}: the writer reported {stats}")
+        raise _report.BenchmarkError(f"{what}: the writer reported {stats}")
 
 
 def _count(store: storage.Store, run_id: str) -> int:
@@ -254,7 +226,7 @@ def write_run(root: str, workload: Sequence[dict[str, float]], flush_every: int)
     for step, metrics in enumerate(workload):
         run.log(step, metrics)
         if (step + 1) % flush_every == 0:
-            elapsed, _ = _timed(writer.flush)
+            elapsed, _ = timed(writer.flush)
             flush_s.append(elapsed)
     run.close()
     total_s = time.perf_counter() - start
@@ -262,7 +234,9 @@ def write_run(root: str, workload: Sequence[dict[str, float]], flush_every: int)
     _check_writer(stats, f"write to {root}")
     files, size = stored_files(root)
     if files != stats.files_written:
-        raise BenchmarkError(f"{root}: the writer wrote {stats.files_written} files, the root lists {files}")
+        raise _report.BenchmarkError(
+            f"{root}: the writer wrote {stats.files_written} files, the root lists {files}"
+        )
     return WriteResult(flush_s, total_s, files, size, stats.rows_written)
 
 
@@ -293,25 +267,25 @@ def _check_rows(store: storage.Store, workload: Sequence[dict[str, float]], wher
         key=lambda r: (r["step"], r["name"]),
     )
     if got != want:
-        raise BenchmarkError(f"{where}: {len(got)} rows read back differ from the {len(want)} logged")
+        raise _report.BenchmarkError(f"{where}: {len(got)} rows read back differ from the {len(want)} logged")
 
 
 def _check_list_runs(table: pa.Table, steps: int, where: str) -> None:
     rows = {r["run_id"]: r for r in table.to_pylist()}
     row = rows.get(RUN_ID)
     if row is None or row["points"] != steps * N_METRICS or row["last_step"] != steps - 1:
-        raise BenchmarkError(f"{where}: list_runs gave {row}")
+        raise _report.BenchmarkError(f"{where}: list_runs gave {row}")
     if row["status"] != "finished":
-        raise BenchmarkError(f"{where}: the run is {row['status']}, expected finished")
+        raise _report.BenchmarkError(f"{where}: the run is {row['status']}, expected finished")
 
 
 def _check_chart(series: pa.Table, steps: int, where: str) -> None:
     per_name = series.group_by("name").aggregate([("count", "sum"), ("name", "count")]).to_pylist()
     if sorted(r["name"] for r in per_name) != sorted(metric_names(N_METRICS)):
-        raise BenchmarkError(f"{where}: the chart has series {[r['name'] for r in per_name]}")
+        raise _report.BenchmarkError(f"{where}: the chart has series {[r['name'] for r in per_name]}")
     for r in per_name:
         if r["count_sum"] != steps or not 0 < r["name_count"] <= MAX_POINTS:
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"{where}: series {r['name']} has {r['name_count']} buckets, {r['count_sum']}"
             )
 
@@ -336,14 +310,14 @@ def cold_read(
     open store (the live ticks go on with it) and the chart (what every later read must equal)."""
     os.environ[CACHE_ENV] = str(cache_dir)  # read by Store(): a fresh, empty local copy
     names = metric_names(N_METRICS)
-    open_s, store = _timed(lambda: storage.Store(root))
+    open_s, store = timed(lambda: storage.Store(root))
     sync = store.mirror.last if store.mirror is not None else None
     if store.mirror is not None and store.mirror.last_error is not None:
-        raise BenchmarkError(f"{root}: the first sync failed: {store.mirror.last_error}")
+        raise _report.BenchmarkError(f"{root}: the first sync failed: {store.mirror.last_error}")
     if store.bad_files:
-        raise BenchmarkError(f"{root}: unreadable files {store.bad_files}")
-    list_s, runs = _timed(lambda: storage.list_runs(store))
-    chart_s, series = _timed(lambda: storage.metric_series(store, [RUN_ID], names, max_points=MAX_POINTS))
+        raise _report.BenchmarkError(f"{root}: unreadable files {store.bad_files}")
+    list_s, runs = timed(lambda: storage.list_runs(store))
+    chart_s, series = timed(lambda: storage.metric_series(store, [RUN_ID], names, max_points=MAX_POINTS))
     _check_list_runs(runs, len(workload), root)
     _check_chart(series, len(workload), root)
     _check_rows(store, workload, root)
@@ -386,13 +360,13 @@ def live_ticks(store: storage.Store, root: str, ticks: int) -> LiveResult:
     mirror = store.mirror
     idle_s, idle_listings = [], []
     for _ in range(ticks):
-        elapsed, changed = _timed(store.refresh)
+        elapsed, changed = timed(store.refresh)
         if changed:
-            raise BenchmarkError(f"{root}: a refresh with nothing new changed the views")
+            raise _report.BenchmarkError(f"{root}: a refresh with nothing new changed the views")
         idle_s.append(elapsed)
         if mirror is not None:
             if mirror.last.downloads:
-                raise BenchmarkError(f"{root}: a refresh with nothing new downloaded {mirror.last}")
+                raise _report.BenchmarkError(f"{root}: a refresh with nothing new downloaded {mirror.last}")
             idle_listings.append(mirror.last.listings)
     live = collectors.init(run_id=LIVE_RUN, root=root, flush_interval=NEVER_S)
     live.log(0, step_metrics(0))
@@ -402,14 +376,16 @@ def live_ticks(store: storage.Store, root: str, ticks: int) -> LiveResult:
     for step in range(1, ticks + 1):
         live.log(step, step_metrics(step))
         live.writer.flush()
-        elapsed, changed = _timed(store.refresh)
+        elapsed, changed = timed(store.refresh)
         new_s.append(elapsed)
         if mirror is not None:
             if mirror.last.downloads != 1:
-                raise BenchmarkError(f"{root}: a tick with one new file synced {mirror.last}")
+                raise _report.BenchmarkError(f"{root}: a tick with one new file synced {mirror.last}")
             new_listings.append(mirror.last.listings)
         if not changed or _count(store, LIVE_RUN) != (step + 1) * N_METRICS:
-            raise BenchmarkError(f"{root}: step {step} of the live run is not visible after refresh()")
+            raise _report.BenchmarkError(
+                f"{root}: step {step} of the live run is not visible after refresh()"
+            )
     live.close()
     _check_writer(live.writer.stats(), f"live run on {root}")
     store.refresh()
@@ -438,7 +414,7 @@ def dataset_chart(
     as a reader that lists and reads the objects on every query would. Returns the three stage
     times and the chart."""
     fs, base = fs_and_base(root)
-    discover_s, dataset = _timed(
+    discover_s, dataset = timed(
         lambda: ds.dataset(
             f"{base}/metrics",
             filesystem=fs,
@@ -448,7 +424,7 @@ def dataset_chart(
         )
     )
     wanted = (pc.field("run_id") == RUN_ID) & pc.field("name").isin(list(names))
-    scan_s, rows = _timed(lambda: dataset.to_table(columns=["name", "step", "value"], filter=wanted))
+    scan_s, rows = timed(lambda: dataset.to_table(columns=["name", "step", "value"], filter=wanted))
 
     def bucket() -> pa.Table:
         bounds = pc.min_max(rows.column("step")).as_py()
@@ -460,7 +436,7 @@ def dataset_chart(
         finally:
             con.unregister("chart_rows")
 
-    bucket_s, series = _timed(bucket)
+    bucket_s, series = timed(bucket)
     return discover_s, scan_s, bucket_s, series
 
 
@@ -471,15 +447,15 @@ def chart_paths(store: storage.Store, root: str, queries: int, expected: pa.Tabl
     con = duckdb.connect()
     out: dict[str, list[float]] = {k: [] for k in ("store", "discover", "scan", "bucket")}
     for _ in range(queries):
-        elapsed, series = _timed(
+        elapsed, series = timed(
             lambda: (store.refresh(), storage.metric_series(store, [RUN_ID], names, max_points=MAX_POINTS))[1]
         )
         if not same_chart(series, expected):
-            raise BenchmarkError(f"{root}: a repeated chart query differs from the first")
+            raise _report.BenchmarkError(f"{root}: a repeated chart query differs from the first")
         out["store"].append(elapsed)
         discover_s, scan_s, bucket_s, series = dataset_chart(root, names, con)
         if not same_chart(series, expected):
-            raise BenchmarkError(f"{root}: the pyarrow-dataset chart differs from metric_series")
+            raise _report.BenchmarkError(f"{root}: the pyarrow-dataset chart differs from metric_series")
         out["discover"].append(discover_s)
         out["scan"].append(scan_s)
         out["bucket"].append(bucket_s)
@@ -551,7 +527,7 @@ def listing_scale(root: str, cache_dir: Path, runs: int, ticks: int) -> ScaleRes
     """
     build_s = build_quiet(root, runs)
     os.environ[CACHE_ENV] = str(cache_dir)
-    open_s, store = _timed(lambda: storage.Store(root))
+    open_s, store = timed(lambda: storage.Store(root))
     mirror = store.mirror
     open_listings = mirror.last.listings if mirror is not None else None
     with store:
@@ -571,14 +547,16 @@ def listing_scale(root: str, cache_dir: Path, runs: int, ticks: int) -> ScaleRes
             nonlocal step
             live.log(step, step_metrics(step))
             live.writer.flush()
-            elapsed, _ = _timed(lambda: store.refresh(full=full))
+            elapsed, _ = timed(lambda: store.refresh(full=full))
             step += 1
             if _count(store, LIVE_RUN) != step * N_METRICS:
-                raise BenchmarkError(f"{root}: the live run's step {step - 1} is not visible (full={full})")
+                raise _report.BenchmarkError(
+                    f"{root}: the live run's step {step - 1} is not visible (full={full})"
+                )
             if mirror is None:
                 return elapsed, None
             if mirror.last.downloads != 1 or mirror.last_error is not None:
-                raise BenchmarkError(f"{root}: a tick with one new file synced {mirror.last}")
+                raise _report.BenchmarkError(f"{root}: a tick with one new file synced {mirror.last}")
             return elapsed, mirror.last.listings
 
         policy = [tick(False) for _ in range(ticks)]
@@ -593,7 +571,7 @@ def listing_scale(root: str, cache_dir: Path, runs: int, ticks: int) -> ScaleRes
             quiet = len(partitions) - 1
         n_runs = storage.list_runs(store).num_rows
         if n_runs != runs + 1:
-            raise BenchmarkError(f"{root}: list_runs shows {n_runs} runs, expected {runs + 1}")
+            raise _report.BenchmarkError(f"{root}: list_runs shows {n_runs} runs, expected {runs + 1}")
     return ScaleResult(
         build_s,
         open_s,
@@ -624,7 +602,7 @@ SIDES = ("disk", "s3")
 
 
 def run_benchmark(sizes: Sizes, command: str, tmp: Path) -> Report:
-    machine = {**machine_info(), "moto (S3 server)": importlib.metadata.version("moto")}
+    machine = {**_report.machine_info(), "moto (S3 server)": importlib.metadata.version("moto")}
     workload = make_workload(sizes.steps, N_METRICS, seed=11)
     start = time.perf_counter()
     with moto_server(tmp / "moto.log") as url:
@@ -642,7 +620,7 @@ def run_benchmark(sizes: Sizes, command: str, tmp: Path) -> Report:
                 )
                 print(f"repeat {rep + 1}/{sizes.repeats}: {side} done", file=sys.stderr, flush=True)
             if not same_chart(charts["disk"], charts["s3"]):
-                raise BenchmarkError("the chart read from S3 differs from the chart read from disk")
+                raise _report.BenchmarkError("the chart read from S3 differs from the chart read from disk")
             repeats.append(results)
         scale = {
             side: listing_scale(root, tmp / f"cache-scale-{side}", sizes.quiet_runs, sizes.ticks)
@@ -749,17 +727,8 @@ def to_json(report: Report) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- report
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms" if seconds < 1 else f"{seconds:,.2f} s"
-
-
-def _ratio(s3: float, disk: float) -> str:
-    return f"{s3 / disk:,.1f}x" if disk > 0 else "n/a"
 
 
 def _count_text(value: float | None) -> str:
@@ -788,16 +757,16 @@ def meaning(d: dict[str, float], s: dict[str, float], ss: dict[str, float], sz: 
             "more than fetching the run's few files, so this run does not support the local copy."
         )
     return [
-        f"- Writing: a flush to S3 took {_ratio(s['flush_median_s'], d['flush_median_s'])} as long as "
+        f"- Writing: a flush to S3 took {_report.ratio(s['flush_median_s'], d['flush_median_s'])} as long as "
         f"a flush to disk ({_ms(s['flush_median_s'])} against {_ms(d['flush_median_s'])} at the median). "
         "The writer's background thread pays it, not `log()`; at the default 1 s flush interval "
         f"the thread would spend about {busy:.1%} of each interval in `flush()`, most of it waiting "
         "on the server.",
-        f"- The first chart from S3 took {_ratio(s['first_chart_s'], d['first_chart_s'])} as long as "
+        f"- The first chart from S3 took {_report.ratio(s['first_chart_s'], d['first_chart_s'])} as long as "
         f"from disk; {open_extra / extra:.0%} of the extra {_ms(extra)} is `Store(root)` listing and "
         "downloading every file into the local copy. `list_runs` and the chart then read local files "
-        f"and cost about what they cost on disk ({_ratio(s['list_runs_s'], d['list_runs_s'])} and "
-        f"{_ratio(s['chart_s'], d['chart_s'])}).",
+        f"and cost about what they cost on disk ({_report.ratio(s['list_runs_s'], d['list_runs_s'])} and "
+        f"{_report.ratio(s['chart_s'], d['chart_s'])}).",
         f"- A live tick on S3 is mostly listing: {_ms(s['refresh_idle_s'])} with nothing new "
         f"({_count_text(s['refresh_idle_listings'])} listings; on disk {_ms(d['refresh_idle_s'])}), "
         f"{_ms(s['refresh_new_file_s'])} with one new file.",
@@ -817,8 +786,19 @@ def render(report: Report) -> str:
     sd, ss = scale_numbers(report.scale["disk"]), scale_numbers(report.scale["s3"])
 
     def timed_row(label: str, key: str, extra: str = "") -> list[str]:
-        row = [label, _ms(d[key]), _ms(s[key]), _ratio(s[key], d[key])]
+        row = [label, _ms(d[key]), _ms(s[key]), _report.ratio(s[key], d[key])]
         return [*row, extra] if extra != "" else row
+
+    def scale_row(label: str, what: str) -> list[str]:
+        """A listing-scale row: ``<what>_s`` on both sides, the ratio and S3's ``<what>_listings``."""
+        key = f"{what}_s"
+        return [
+            label,
+            _ms(sd[key]),
+            _ms(ss[key]),
+            _report.ratio(ss[key], sd[key]),
+            _count_text(ss.get(f"{what}_listings")),
+        ]
 
     store_vs_dataset = s["chart_dataset_s"] / s["chart_store_s"]
     full_vs_policy = ss["refresh_full_s"] / ss["refresh_policy_s"]
@@ -834,15 +814,10 @@ def render(report: Report) -> str:
         "or p95), each repeat in a fresh root and an empty local copy, disk and S3 alternating which "
         f"goes first. The whole run took {report.wall_s:.0f} s.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
+        *_report.command_section(report.command),
         "## Write",
         "",
-        *_table(
+        *_report.markdown_table(
             ["", "disk", "S3", "S3/disk"],
             [
                 timed_row("`writer.flush()`, median (S3: one PUT per file)", "flush_median_s"),
@@ -852,13 +827,13 @@ def render(report: Report) -> str:
                     "files written",
                     _count_text(d["files_written"]),
                     _count_text(s["files_written"]),
-                    _ratio(s["files_written"], d["files_written"]),
+                    _report.ratio(s["files_written"], d["files_written"]),
                 ],
                 [
                     "bytes stored",
                     _count_text(d["bytes_stored"]),
                     _count_text(s["bytes_stored"]),
-                    _ratio(s["bytes_stored"], d["bytes_stored"]),
+                    _report.ratio(s["bytes_stored"], d["bytes_stored"]),
                 ],
                 ["writer errors, rows dropped", "0, 0", "0, 0", ""],
             ],
@@ -866,7 +841,7 @@ def render(report: Report) -> str:
         "",
         "## Read, cold: the first chart",
         "",
-        *_table(
+        *_report.markdown_table(
             ["", "disk", "S3", "S3/disk"],
             [
                 timed_row(
@@ -884,7 +859,7 @@ def render(report: Report) -> str:
         "",
         "## Read, live: the dashboard's refresh tick",
         "",
-        *_table(
+        *_report.markdown_table(
             ["`Store.refresh()`", "disk", "S3", "S3/disk", "S3 listings per tick"],
             [
                 timed_row("nothing new", "refresh_idle_s", _count_text(s["refresh_idle_listings"])),
@@ -909,7 +884,7 @@ def render(report: Report) -> str:
         "`to_table` filtered to the run and its 20 metrics, and `storage`'s bucketing SQL in DuckDB "
         "over that Arrow table. The two charts are checked equal.",
         "",
-        *_table(
+        *_report.markdown_table(
             ["per query", "disk", "S3", "S3/disk"],
             [
                 timed_row("`Store`: `refresh()` + `metric_series` (S3: the local copy)", "chart_store_s"),
@@ -934,30 +909,12 @@ def render(report: Report) -> str:
         f"at most {COLD_PER_SYNC} quiet partitions per tick. Medians of {sz.ticks} policy ticks and "
         f"{len(report.scale['s3'].full_s)} full re-lists; every tick must see the live run's new step.",
         "",
-        *_table(
+        *_report.markdown_table(
             ["", "disk", "S3", "S3/disk", "S3 listings"],
             [
-                [
-                    "`Store(root)` over all of them (S3: first full download)",
-                    _ms(sd["open_s"]),
-                    _ms(ss["open_s"]),
-                    _ratio(ss["open_s"], sd["open_s"]),
-                    _count_text(ss.get("open_listings")),
-                ],
-                [
-                    "live `refresh()`, hot/cold listing policy",
-                    _ms(sd["refresh_policy_s"]),
-                    _ms(ss["refresh_policy_s"]),
-                    _ratio(ss["refresh_policy_s"], sd["refresh_policy_s"]),
-                    _count_text(ss.get("refresh_policy_listings")),
-                ],
-                [
-                    "live `refresh(full=True)`, every partition re-listed",
-                    _ms(sd["refresh_full_s"]),
-                    _ms(ss["refresh_full_s"]),
-                    _ratio(ss["refresh_full_s"], sd["refresh_full_s"]),
-                    _count_text(ss.get("refresh_full_listings")),
-                ],
+                scale_row("`Store(root)` over all of them (S3: first full download)", "open"),
+                scale_row("live `refresh()`, hot/cold listing policy", "refresh_policy"),
+                scale_row("live `refresh(full=True)`, every partition re-listed", "refresh_full"),
             ],
         ),
         "",
@@ -982,7 +939,7 @@ def render(report: Report) -> str:
         "",
         "## Every repeat (seconds)",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "repeat",
                 "side",
@@ -1026,10 +983,7 @@ def render(report: Report) -> str:
         "- Listing scale: every tick, policy or full, found the live run's new step; `list_runs` "
         "shows every run.",
         "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
-        "",
+        *_report.machine_section(report.machine),
         "## What this means",
         "",
         *meaning(d, s, ss, sz),
@@ -1042,32 +996,30 @@ def render(report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.object_store", description=__doc__.splitlines()[0])
+    parser = _report.benchmark_parser("object_store", __doc__)
     parser.add_argument(
         "--smoke", action="store_true", help=f"small sizes for CI (default sizes: {dataclasses.asdict(FULL)})"
     )
-    parser.add_argument("--steps", type=positive_int, default=None, help="steps logged per run")
-    parser.add_argument("--flush-every", type=positive_int, default=None, help="steps per writer.flush()")
-    parser.add_argument("--repeats", type=positive_int, default=None, help="repeats of measurements 1-4")
-    parser.add_argument("--ticks", type=positive_int, default=None, help="live refresh ticks of each kind")
+    parser.add_argument("--steps", type=_report.positive_int, default=None, help="steps logged per run")
     parser.add_argument(
-        "--queries", type=positive_int, default=None, help="chart queries per path and repeat"
+        "--flush-every", type=_report.positive_int, default=None, help="steps per writer.flush()"
     )
     parser.add_argument(
-        "--quiet-runs", type=positive_int, default=None, help="runs in the listing-scale store"
+        "--repeats", type=_report.positive_int, default=None, help="repeats of measurements 1-4"
+    )
+    parser.add_argument(
+        "--ticks", type=_report.positive_int, default=None, help="live refresh ticks of each kind"
+    )
+    parser.add_argument(
+        "--queries", type=_report.positive_int, default=None, help="chart queries per path and repeat"
+    )
+    parser.add_argument(
+        "--quiet-runs", type=_report.positive_int, default=None, help="runs in the listing-scale store"
     )
     parser.add_argument(
         "--tmp", type=Path, default=None, help="where the disk roots go (default: a temp dir)"
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=DEFAULT_OUT,
-        help="Markdown report (default bench/results/object_store.md)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
+    args, command = _report.parse_command(parser, argv)
     base = SMOKE if args.smoke else FULL
     sizes = dataclasses.replace(
         base,
@@ -1078,7 +1030,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     )
 
-    command = shlex.join(["python", "-m", "bench.object_store", *args_list])
     saved = {k: os.environ.get(k) for k in (*AWS_ENV, *AWS_UNSET, "AWS_ENDPOINT_URL", CACHE_ENV)}
     try:
         with tempfile.TemporaryDirectory(prefix="logprobe-objstore-", dir=args.tmp) as tmp:
@@ -1089,15 +1040,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(to_json(report), indent=2), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), to_json(report))
 
 
 if __name__ == "__main__":

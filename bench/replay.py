@@ -17,7 +17,6 @@ replay (worker start, one engine per variant, the trainer's pass, the variant ru
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import subprocess
@@ -28,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.write_path import notes_and_machine
+from bench import _report
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.collectors.demo._loop import supported
 
@@ -165,14 +164,12 @@ def report(results: dict[int, dict[str, dict[str, Any]]], seconds: float, notes:
                 f"{v['variants']} | {v['seconds']:.0f} s |"
             )
         lines.append("")
-    lines += notes_and_machine(notes)
+    lines += _report.notes_and_machine(notes)
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "replay.md")
-    parser.add_argument("--json", type=Path, default=None, help="also write the verdicts here")
+    parser = _report.benchmark_parser("replay", __doc__)
     parser.add_argument("--data", type=Path, default=None, help="existing vLLM demo stores (vllm-sSEED)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="+", choices=list(EXPECTED), default=None)
@@ -197,12 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rep, seconds = replay_run(root, f"demo-vllm-{name}")
                 results.setdefault(seed, {})[name] = judge(name, rep, seconds)
     text = report(results, time.perf_counter() - start, notes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-    return 0 if all(v["ok"] for runs in results.values() for v in runs.values()) else 1
+    passed = all(v["ok"] for runs in results.values() for v in runs.values())
+    return _report.finish(args, text, results, 0 if passed else 1)
 
 
 if __name__ == "__main__":

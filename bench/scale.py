@@ -30,19 +30,16 @@ Run it from the repository root: ``python -m bench.scale [--runs R] [--steps S] 
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import itertools
 import json
 import math
 import os
-import shlex
 import shutil
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,13 +48,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.write_path import METRIC_NAMES, machine_info, positive_int
+from bench import _report
+from bench._workload import METRIC_NAMES, bytes_under, timed
 from logprobe import storage
 
 DEFAULT_RUNS = 100
 DEFAULT_STEPS = 100_000
 DEFAULT_REPEATS = 3
-DEFAULT_OUT = Path(__file__).parent / "results" / "scale.md"
 FILE_STEPS = 10_000  # steps per metrics file: 200,000 rows, under the Writer's flush_rows (250,000)
 MAX_POINTS = 1000
 SEED = 20240611
@@ -93,10 +90,6 @@ CORR_SQL = """
           FROM metrics WHERE name IN (?, ?) GROUP BY run_id, step)
     GROUP BY run_id ORDER BY run_id
 """
-
-
-class BenchmarkError(RuntimeError):
-    """A query returned something other than what was written; the benchmark's numbers are void."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -268,10 +261,6 @@ def link_store(full: Path, dest: Path, runs: int, steps: int, sums: dict[int, li
                 os.link(f.path, dst_dir / Path(f.path).name)
 
 
-def bytes_under(path: Path) -> int:
-    return sum(os.path.getsize(os.path.join(d, name)) for d, _, names in os.walk(path) for name in names)
-
-
 # ---------------------------------------------------------------------------------------- checks
 
 
@@ -291,7 +280,7 @@ class Expected:
             files = [f for f in sums[run] if f.end <= steps]
             n = sum(f.n for f in files)
             if n != steps:
-                raise BenchmarkError(f"run {run}: the files cover {n} steps, not {steps}")
+                raise _report.BenchmarkError(f"run {run}: the files cover {n} steps, not {steps}")
             sx, sy = sum(f.sx for f in files), sum(f.sy for f in files)
             sxx, syy, sxy = (sum(getattr(f, k) for f in files) for k in ("sxx", "syy", "sxy"))
             means.append(sx / n)
@@ -307,14 +296,14 @@ def _close(a: float, b: float, rtol: float) -> bool:
 def check_list_runs(table: pa.Table, exp: Expected) -> None:
     rows = sorted(table.to_pylist(), key=lambda r: r["run_id"])
     if [r["run_id"] for r in rows] != [run_id(i) for i in range(exp.runs)]:
-        raise BenchmarkError(f"list_runs returned {len(rows)} runs, expected {exp.runs}")
+        raise _report.BenchmarkError(f"list_runs returned {len(rows)} runs, expected {exp.runs}")
     for r in rows:
         if r["points"] != exp.steps * len(METRIC_NAMES) or r["last_step"] != exp.steps - 1:
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"list_runs: {r['run_id']} has {r['points']} points, last step {r['last_step']}"
             )
         if r["status"] != "finished":
-            raise BenchmarkError(f"list_runs: {r['run_id']} is {r['status']}, expected finished")
+            raise _report.BenchmarkError(f"list_runs: {r['run_id']} is {r['status']}, expected finished")
 
 
 def check_chart(series: pa.Table, names: Sequence[str], exp: Expected) -> None:
@@ -323,25 +312,27 @@ def check_chart(series: pa.Table, names: Sequence[str], exp: Expected) -> None:
         for r in series.group_by("name").aggregate([("count", "sum"), ("name", "count")]).to_pylist()
     }
     if sorted(per_name) != sorted(names):
-        raise BenchmarkError(f"metric_series returned series {sorted(per_name)}, expected {sorted(names)}")
+        raise _report.BenchmarkError(
+            f"metric_series returned series {sorted(per_name)}, expected {sorted(names)}"
+        )
     for name, r in per_name.items():
         if r["count_sum"] != exp.steps:
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"metric_series: {name} buckets hold {r['count_sum']} points, not {exp.steps}"
             )
         if not 0.9 * min(exp.steps, MAX_POINTS) <= r["name_count"] <= MAX_POINTS:
-            raise BenchmarkError(f"metric_series: {name} has {r['name_count']} buckets")
+            raise _report.BenchmarkError(f"metric_series: {name} has {r['name_count']} buckets")
 
 
 def check_mean_by_flag(table: pa.Table, exp: Expected) -> None:
     rows = table.to_pylist()
     if len(rows) != exp.runs:
-        raise BenchmarkError(f"mean query returned {len(rows)} runs, expected {exp.runs}")
+        raise _report.BenchmarkError(f"mean query returned {len(rows)} runs, expected {exp.runs}")
     for run, r in enumerate(rows):
         if r["run_id"] != run_id(run) or r["flag"] != prefix_caching(run) or r["n"] != exp.steps:
-            raise BenchmarkError(f"mean query: wrong row {r}")
+            raise _report.BenchmarkError(f"mean query: wrong row {r}")
         if not _close(r["mean_k3"], exp.mean_k3[run], 1e-9):
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"mean query: {r['run_id']} mean {r['mean_k3']!r}, expected {exp.mean_k3[run]!r}"
             )
 
@@ -349,13 +340,15 @@ def check_mean_by_flag(table: pa.Table, exp: Expected) -> None:
 def check_corr(table: pa.Table, exp: Expected) -> None:
     rows = table.to_pylist()
     if len(rows) != exp.runs:
-        raise BenchmarkError(f"corr query returned {len(rows)} runs, expected {exp.runs}")
+        raise _report.BenchmarkError(f"corr query returned {len(rows)} runs, expected {exp.runs}")
     for run, r in enumerate(rows):
         if r["run_id"] != run_id(run) or r["n"] != exp.steps:
-            raise BenchmarkError(f"corr query: wrong row {r}")
+            raise _report.BenchmarkError(f"corr query: wrong row {r}")
         got = math.nan if r["r"] is None else r["r"]
         if not _close(got, exp.corr[run], 1e-6):
-            raise BenchmarkError(f"corr query: {r['run_id']} corr {got!r}, expected {exp.corr[run]!r}")
+            raise _report.BenchmarkError(
+                f"corr query: {r['run_id']} corr {got!r}, expected {exp.corr[run]!r}"
+            )
 
 
 def check_values(store: storage.Store, sums: dict[int, list[FileSums]]) -> int:
@@ -370,7 +363,7 @@ def check_values(store: storage.Store, sums: dict[int, list[FileSums]]) -> int:
     )
     order = [("step", "ascending"), ("name", "ascending")]
     if not got.cast(expected.schema).equals(expected.sort_by(order)):
-        raise BenchmarkError("rows read back through storage.Store differ from the rows written")
+        raise _report.BenchmarkError("rows read back through storage.Store differ from the rows written")
     return got.num_rows
 
 
@@ -393,12 +386,6 @@ class Point:
     @property
     def bytes_per_million(self) -> float:
         return self.bytes_metrics / (self.points / 1e6)
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
 
 
 def measure(root: Path, exp: Expected, sums: dict[int, list[FileSums]], repeats: int) -> Point:
@@ -425,30 +412,32 @@ def measure(root: Path, exp: Expected, sums: dict[int, list[FileSums]], repeats:
     }
     with storage.Store(root) as store:
         if store.bad_files:
-            raise BenchmarkError(f"the store has unreadable files: {store.bad_files}")
+            raise _report.BenchmarkError(f"the store has unreadable files: {store.bad_files}")
         count = store.sql("SELECT count(*) AS n FROM metrics").column("n")[0].as_py()
         if count != exp.runs * exp.steps * len(names):
-            raise BenchmarkError(f"the store holds {count} metric rows, expected {exp.runs * exp.steps * 20}")
+            raise _report.BenchmarkError(
+                f"the store holds {count} metric rows, expected {exp.runs * exp.steps * 20}"
+            )
         check_values(store, sums)
         for name, query in queries.items():
             checks[name](query(store))
     samples: dict[str, list[float]] = {q: [] for q in QUERIES}
     for _ in range(repeats):
-        elapsed, store = _timed(lambda: storage.Store(root))
+        elapsed, store = timed(lambda: storage.Store(root))
         samples["store_open"].append(elapsed)
         with store:
             for name, query in queries.items():
-                elapsed, result = _timed(lambda q=query, s=store: q(s))
+                elapsed, result = timed(lambda q=query, s=store: q(s))
                 checks[name](result)
                 samples[name].append(elapsed)
-    files = sum(len(names) for _, _, names in os.walk(root / "metrics"))
+    bytes_metrics, files = bytes_under(root / "metrics")
     return Point(
         runs=exp.runs,
         steps=exp.steps,
         points=count,
         files=files,
-        bytes_total=bytes_under(root),
-        bytes_metrics=bytes_under(root / "metrics"),
+        bytes_total=bytes_under(root)[0],
+        bytes_metrics=bytes_metrics,
         median_s={q: statistics.median(v) for q, v in samples.items()},
         samples_s=samples,
     )
@@ -531,10 +520,10 @@ class Report:
 
 
 def run_benchmark(runs: int, steps: int, repeats: int, workers: int, command: str, tmp: Path) -> Report:
-    machine = machine_info()
+    machine = _report.machine_info()
     step_sizes, run_sizes = sweep_sizes(steps), sweep_sizes(runs)
     full = tmp / "full"
-    build_s, sums = _timed(lambda: build_store(full, runs, steps, step_sizes, workers))
+    build_s, sums = timed(lambda: build_store(full, runs, steps, step_sizes, workers))
     build_points = runs * steps * len(METRIC_NAMES)
     print(f"built {build_points:,} points in {build_s:.1f} s", file=sys.stderr)
     points: dict[tuple[int, int], Point] = {}
@@ -556,7 +545,7 @@ def run_benchmark(runs: int, steps: int, repeats: int, workers: int, command: st
         machine=machine,
         build_s=build_s,
         build_points=build_points,
-        build_bytes=bytes_under(full),
+        build_bytes=bytes_under(full)[0],
         steps_sweep=[points[(runs, s)] for s in step_sizes],
         runs_sweep=[points[(r, steps)] for r in run_sizes],
         rows_checked=rows_checked,
@@ -564,11 +553,6 @@ def run_benchmark(runs: int, steps: int, repeats: int, workers: int, command: st
 
 
 # ---------------------------------------------------------------------------------------- report
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _ms(seconds: float) -> str:
@@ -581,7 +565,7 @@ def _sweep_table(sweep: Sequence[Point], key: str, slopes: dict[str, float]) -> 
         [QUERY_LABELS[q], *(_ms(p.median_s[q]) for p in sweep), f"{slopes[q]:.2f}", reading(slopes[q])]
         for q in QUERIES
     ]
-    return _table(header, rows)
+    return _report.markdown_table(header, rows)
 
 
 def render(report: Report) -> str:
@@ -601,12 +585,7 @@ def render(report: Report) -> str:
         f"subsets of it. Times are medians of {report.repeats} repeats with a warm page cache, after "
         "one untimed round whose results were checked.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
+        *_report.command_section(report.command),
         f"## Growth with steps per run ({report.runs:,} runs)",
         "",
         *_sweep_table(report.steps_sweep, "steps", slopes["steps"]),
@@ -620,7 +599,7 @@ def render(report: Report) -> str:
         "",
         "## Size on disk",
         "",
-        *_table(
+        *_report.markdown_table(
             ["store", "points", "metrics files", "metrics bytes", "bytes per million points", "all tables"],
             [
                 [
@@ -641,7 +620,7 @@ def render(report: Report) -> str:
         "",
         "## Every repeat (seconds)",
         "",
-        *_table(
+        *_report.markdown_table(
             ["store", *QUERIES],
             [
                 [
@@ -663,10 +642,7 @@ def render(report: Report) -> str:
         f"- {report.rows_checked:,} rows of one file, read back through `storage.Store`, equal the "
         "generated rows in every column.",
         "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
-        "",
+        *_report.machine_section(report.machine),
         "## How to read this",
         "",
         "- `Store(root)` reads the footer of every file once (the catalog), so it grows with the file "
@@ -689,42 +665,23 @@ def render(report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS, help="runs (default %(default)s)")
-    parser.add_argument(
-        "--steps", type=positive_int, default=DEFAULT_STEPS, help="steps per run (default %(default)s)"
-    )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=DEFAULT_REPEATS, help="timed repeats (default %(default)s)"
-    )
+    parser = _report.benchmark_parser("scale", __doc__)
+    _report.add_count(parser, "--runs", DEFAULT_RUNS, "runs")
+    _report.add_count(parser, "--steps", DEFAULT_STEPS, "steps per run")
+    _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed repeats")
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=_report.positive_int,
         default=max(1, min(4, os.cpu_count() or 1)),
         help="threads writing the store (default: cores, at most 4)",
     )
     parser.add_argument(
         "--tmp", type=Path, default=None, help="where to build the stores (default: a new temp dir)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/scale.md)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
-
-    command = shlex.join(["python", "-m", "bench.scale", *args_list])
+    args, command = _report.parse_command(parser, argv)
     with tempfile.TemporaryDirectory(prefix="logprobe-scale-", dir=args.tmp) as tmp:
         report = run_benchmark(args.runs, args.steps, args.repeats, args.workers, command, Path(tmp))
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), report.to_json())
 
 
 if __name__ == "__main__":

@@ -39,22 +39,21 @@ Run it from the repository root: ``python -m bench.store_size [--steps S] [--out
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import shlex
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.write_path import machine_info, positive_int
+from bench import _report
+from bench._workload import timed
 from logprobe import collectors, storage
 
 DEFAULT_STEPS = 2_000
@@ -62,7 +61,6 @@ DEFAULT_SEQS = 8
 DEFAULT_SEQ_LEN = 256
 DEFAULT_TOP_K = 16
 DEFAULT_REPEATS = 5
-DEFAULT_OUT = Path(__file__).parent / "results" / "store_size.md"
 RUN_ID = "bench-store-size"
 SEED = 20240611
 STEP_S = 30.0  # seconds between steps: a small RL step
@@ -99,10 +97,6 @@ STAGE_LABELS = {
     "compacted": "after `storage.compact`",
     "retention": f"after `apply_retention({KEEP})` on the compacted store",
 }
-
-
-class BenchmarkError(RuntimeError):
-    """A stage left other rows than expected; the benchmark's numbers are void."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -211,7 +205,7 @@ def log_run(root: Path, steps: int, profile: Profile, start_ts: float) -> dict[s
     finally:
         stats = writer.close()
     if stats.rows_dropped or stats.rows_pending or stats.values_invalid:
-        raise BenchmarkError(f"the writer did not write every row: {stats}")
+        raise _report.BenchmarkError(f"the writer did not write every row: {stats}")
     return rows
 
 
@@ -246,11 +240,11 @@ def check_rows(root: Path, expected: dict[str, int]) -> None:
         for table, n in expected.items():
             got = store.sql(f"SELECT count(*) AS n FROM {table}").column("n")[0].as_py()
             if got != n:
-                raise BenchmarkError(f"{table} holds {got} rows, expected {n}")
+                raise _report.BenchmarkError(f"{table} holds {got} rows, expected {n}")
             if table == "metrics":
                 runs = storage.list_runs(store).to_pylist()
                 if [(r["run_id"], r["points"], r["status"]) for r in runs] != [(RUN_ID, n, "finished")]:
-                    raise BenchmarkError(f"list_runs returned {runs}")
+                    raise _report.BenchmarkError(f"list_runs returned {runs}")
 
 
 def time_open(root: Path, repeats: int) -> dict[str, list[float]]:
@@ -297,17 +291,11 @@ class ProfileResult:
     retention: storage.RetentionReport
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t0 = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - t0, result
-
-
 def measure_profile(profile: Profile, steps: int, repeats: int, tmp: Path) -> ProfileResult:
     root = tmp / profile.name
     now = time.time()
     start_ts = now - AGE_DAYS * 86_400 - steps * STEP_S
-    write_s, rows = _timed(lambda: log_run(root, steps, profile, start_ts))
+    write_s, rows = timed(lambda: log_run(root, steps, profile, start_ts))
     print(f"[{profile.name}] logged {steps:,} steps in {write_s:.1f} s", file=sys.stderr)
     stages: dict[str, Stage] = {}
 
@@ -317,16 +305,18 @@ def measure_profile(profile: Profile, steps: int, repeats: int, tmp: Path) -> Pr
         print(f"[{profile.name}] measured {name}", file=sys.stderr)
 
     snapshot("written", rows)
-    compact_s, report = _timed(lambda: storage.compact(root))
+    compact_s, report = timed(lambda: storage.compact(root))
     if report.bad_files or report.skipped_locked:
-        raise BenchmarkError(f"compaction skipped something: {report}")
+        raise _report.BenchmarkError(f"compaction skipped something: {report}")
     snapshot("compacted", rows)
-    retention_s, kept = _timed(lambda: storage.apply_retention(root, KEEP, now=now))
+    retention_s, kept = timed(lambda: storage.apply_retention(root, KEEP, now=now))
     if kept.rows_deleted != rows["tokens"] or kept.skipped_locked or kept.kept_no_stats:
-        raise BenchmarkError(f"retention removed {kept.rows_deleted} rows, expected {rows['tokens']}: {kept}")
+        raise _report.BenchmarkError(
+            f"retention removed {kept.rows_deleted} rows, expected {rows['tokens']}: {kept}"
+        )
     snapshot("retention", {**rows, "tokens": 0})
     if stages["retention"].sizes["tokens"].files:
-        raise BenchmarkError("token files are left after retention")
+        raise _report.BenchmarkError("token files are left after retention")
     return ProfileResult(profile, steps, write_s, stages, compact_s, retention_s, kept)
 
 
@@ -343,11 +333,6 @@ def stage_per_million(stage: Stage, steps: int) -> float:
     (``runs``, ``engines``: one each per run, however long), which do not grow with steps."""
     scaled = sum(s.bytes for t, s in stage.sizes.items() if t not in FIXED_TABLES)
     return per_million(scaled, steps) + sum(stage.sizes[t].bytes for t in FIXED_TABLES)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 def _size(nbytes: float) -> str:
@@ -405,7 +390,7 @@ def _profile_section(r: ProfileResult) -> list[str]:
             *(f"**{_size(stage_per_million(r.stages[s], r.steps))}**" for s in STAGES),
         ]
     )
-    out += _table(header, rows)
+    out += _report.markdown_table(header, rows)
     written, compacted = r.stages["written"], r.stages["compacted"]
     alloc_w = sum(s.allocated for s in written.sizes.values())
     alloc_c = sum(s.allocated for s in compacted.sizes.values())
@@ -421,7 +406,7 @@ def _profile_section(r: ProfileResult) -> list[str]:
         "",
         "Opening the store (medians of repeats, warm page cache):",
         "",
-        *_table(
+        *_report.markdown_table(
             ["", *STAGES],
             [
                 ["files", *(f"{r.stages[s].files_total:,}" for s in STAGES)],
@@ -505,15 +490,10 @@ def render(report: Report) -> str:
         "(zstd, the Writer's default), scaled linearly to a million steps (the run's one `runs` and "
         "`engines` row are added as they are, not scaled).",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
+        *_report.command_section(report.command),
         "## Summary: bytes per million steps",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "profile",
                 "as written",
@@ -536,10 +516,7 @@ def render(report: Report) -> str:
         "retention), and `list_runs` reports the run as finished with every metric row.",
         "- Retention deleted exactly the rows of the `tokens` table, and no token file is left.",
         "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
-        "",
+        *_report.machine_section(report.machine),
         "## How to read this",
         "",
         "- Uncompacted, each of the run's per-step files carries its own Parquet footer and column "
@@ -562,37 +539,16 @@ def render(report: Report) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.store_size", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=positive_int, default=DEFAULT_STEPS, help="steps (default %(default)s)"
-    )
-    parser.add_argument(
-        "--seqs", type=positive_int, default=DEFAULT_SEQS, help="sequences per batch (default %(default)s)"
-    )
-    parser.add_argument(
-        "--seq-len",
-        type=positive_int,
-        default=DEFAULT_SEQ_LEN,
-        help="tokens per sequence (default %(default)s)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=positive_int,
-        default=DEFAULT_TOP_K,
-        help="worst tokens per step (default %(default)s)",
-    )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=DEFAULT_REPEATS, help="timed repeats (default %(default)s)"
-    )
+    parser = _report.benchmark_parser("store_size", __doc__)
+    _report.add_count(parser, "--steps", DEFAULT_STEPS, "steps")
+    _report.add_count(parser, "--seqs", DEFAULT_SEQS, "sequences per batch")
+    _report.add_count(parser, "--seq-len", DEFAULT_SEQ_LEN, "tokens per sequence")
+    _report.add_count(parser, "--top-k", DEFAULT_TOP_K, "worst tokens per step")
+    _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed repeats")
     parser.add_argument(
         "--tmp", type=Path, default=None, help="where to build the stores (default: a temp dir)"
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/store_size.md)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
+    args, command = _report.parse_command(parser, argv)
 
     profiles = [
         Profile(
@@ -610,20 +566,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"the {args.top_k} worst tokens per step (`Run.log_mismatch`'s default)",
         ),
     ]
-    command = shlex.join(["python", "-m", "bench.store_size", *args_list])
-    machine = machine_info()
+    machine = _report.machine_info()
     with tempfile.TemporaryDirectory(prefix="logprobe-store-size-", dir=args.tmp) as tmp:
         results = [measure_profile(p, args.steps, args.repeats, Path(tmp)) for p in profiles]
     report = Report(args.steps, args.repeats, command, machine, results)
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), report.to_json())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import importlib.metadata
 import json
 import math
 import os
-import shlex
 import struct
 import subprocess
 import sys
@@ -49,12 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.write_path import Latency, machine_info, make_workload, positive_int
+from bench import _report
+from bench._workload import Latency, ListFloor, bytes_under, make_workload, time_calls
 
 DEFAULT_STEPS = 10_000
 DEFAULT_BIG_STEPS = 1_000_000
 DEFAULT_METRICS = 20
-DEFAULT_OUT = Path(__file__).parent / "results" / "trackers.md"
 CHART_MAX_POINTS = 1000
 CHILD_TIMEOUT_S = 600
 REPO = Path(__file__).resolve().parents[1]
@@ -103,10 +102,6 @@ GOAL_PEER_READ_X = 5.0  # read path at least 5x faster than the fastest peer
 EXIT_LOST_DATA = 3
 
 
-class BenchmarkError(RuntimeError):
-    """A tool lost or changed data (or the benchmark's own checks failed): its numbers are void."""
-
-
 # ---------------------------------------------------------------------------------------- results
 
 
@@ -148,35 +143,6 @@ class ToolResult:
 # ---------------------------------------------------------------------------------------- helpers
 
 
-def _bytes_under(path: Path) -> tuple[int, int]:
-    """(total bytes, number of files) of every file below ``path``."""
-    total = files = 0
-    for directory, _, names in os.walk(path):
-        for name in names:
-            try:
-                total += os.path.getsize(os.path.join(directory, name))
-            except OSError:  # a lock or temp file that vanished while walking
-                continue
-            files += 1
-    return total, files
-
-
-def _time_steps(
-    log: Callable[[int, dict[str, float]], Any], workload: Sequence[dict[str, float]]
-) -> list[int]:
-    """Call ``log(step, metrics)`` once per step; each call's duration in nanoseconds.
-
-    Same loop as ``bench/write_path.py``: the workload is built up front, so only the call is timed.
-    """
-    perf = time.perf_counter_ns
-    samples = [0] * len(workload)
-    for step, metrics in enumerate(workload):
-        t0 = perf()
-        log(step, metrics)
-        samples[step] = perf() - t0
-    return samples
-
-
 def _expected(workload: Sequence[Mapping[str, float]]) -> np.ndarray:
     """The workload as a (steps, metrics) float64 array, columns in ``metric_names`` order."""
     n = len(workload[0])
@@ -194,7 +160,9 @@ def check_series(tool: str, series: Series, names: Sequence[str], expected: np.n
     """
     if sorted(series) != sorted(names):
         missing, extra = set(names) - set(series), set(series) - set(names)
-        raise BenchmarkError(f"{tool}: series differ from those logged (missing {missing}, extra {extra})")
+        raise _report.BenchmarkError(
+            f"{tool}: series differ from those logged (missing {missing}, extra {extra})"
+        )
     steps = expected.shape[0]
     exact = True
     for j, name in enumerate(names):
@@ -202,13 +170,13 @@ def check_series(tool: str, series: Series, names: Sequence[str], expected: np.n
         got_steps = np.asarray(got_steps, dtype=np.int64)
         got_values = np.asarray(got_values, dtype=np.float64)
         if len(got_steps) != steps or len(got_values) != steps:
-            raise BenchmarkError(f"{tool}: {name} read back {len(got_values)} points, logged {steps}")
+            raise _report.BenchmarkError(f"{tool}: {name} read back {len(got_values)} points, logged {steps}")
         order = np.argsort(got_steps, kind="stable")
         if not np.array_equal(got_steps[order], np.arange(steps)):
-            raise BenchmarkError(f"{tool}: {name} read back the wrong steps")
+            raise _report.BenchmarkError(f"{tool}: {name} read back the wrong steps")
         got = got_values[order]
         if not np.allclose(got, expected[:, j], rtol=1e-6, atol=0.0):
-            raise BenchmarkError(f"{tool}: {name} read back values that differ from those logged")
+            raise _report.BenchmarkError(f"{tool}: {name} read back values that differ from those logged")
         exact = exact and bool(np.array_equal(got, expected[:, j]))
     return exact
 
@@ -263,22 +231,38 @@ def _check_charts(
     steps: int,
 ) -> None:
     if sorted(charts) != sorted(names):
-        raise BenchmarkError(f"{tool}: the chart query did not return one series per metric")
+        raise _report.BenchmarkError(f"{tool}: the chart query did not return one series per metric")
     for name, chart in charts.items():
         if len(chart["count"]) > CHART_MAX_POINTS:
-            raise BenchmarkError(f"{tool}: chart series {name} has more than {CHART_MAX_POINTS} buckets")
+            raise _report.BenchmarkError(
+                f"{tool}: chart series {name} has more than {CHART_MAX_POINTS} buckets"
+            )
         if int(np.sum(chart["count"])) != steps:
-            raise BenchmarkError(f"{tool}: chart buckets of {name} do not cover every step")
+            raise _report.BenchmarkError(f"{tool}: chart buckets of {name} do not cover every step")
     result.chart_buckets = sum(len(c["count"]) for c in charts.values())
     result.chart_points = sum(int(np.sum(c["count"])) for c in charts.values())
 
 
-def _finish_write(
-    result: ToolResult, samples: Sequence[int], start_ns: int, end_ns: int, loop_ns: int
+def _measure_write(
+    result: ToolResult,
+    log: Callable[[int, dict[str, float]], Any],
+    workload: Sequence[dict[str, float]],
+    close: Callable[[], Any],
+    data: Path,
 ) -> None:
+    """Time one tool's write path the same way for every tool: a collection first (so no tool pays
+    for another's garbage), each per-step call, then ``close`` (the tool's finish/close/flush)
+    inside the durable time, since until it returns the data is not all stored; then its bytes."""
+    gc.collect()
+    start = time.perf_counter_ns()
+    samples = time_calls(log, workload)
+    loop_ns = time.perf_counter_ns() - start
+    close()
+    end_ns = time.perf_counter_ns()
     result.latency = Latency.of(samples)
     result.loop_s = loop_ns / 1e9
-    result.durable_s = (end_ns - start_ns) / 1e9
+    result.durable_s = (end_ns - start) / 1e9
+    result.bytes_on_disk, result.files = bytes_under(data)
 
 
 # ---------------------------------------------------------------------------------------- tools
@@ -295,13 +279,7 @@ def measure_logprobe(workload: Sequence[dict[str, float]], data: Path, result: T
     t0 = time.perf_counter_ns()
     run = collectors.init(run_id=RUN_NAME, root=data, config={"bench": "trackers"})
     result.setup_s = (time.perf_counter_ns() - t0) / 1e9
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(run.log, workload)
-    loop_ns = time.perf_counter_ns() - start
-    run.close()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, run.log, workload, run.close, data)
     dropped = run.writer.stats().rows_dropped
 
     t0 = time.perf_counter_ns()
@@ -319,14 +297,14 @@ def measure_logprobe(workload: Sequence[dict[str, float]], data: Path, result: T
     if dropped:
         # The writer never blocks the loop: past max_buffer_rows it counts and drops (a dropped_rows
         # event). A tight loop can outrun the flush thread; that is reported, not hidden.
-        rate = logged / (loop_ns / 1e9)
+        rate = logged / result.loop_s
         result.notes.append(
             f"the writer's bounded buffer dropped {dropped:,} of {logged:,} rows: this loop logged "
             f"{rate:,.0f} rows/s, faster than the flush thread writes them (a trainer logging 20 "
             "metrics every 100 ms sends 200 rows/s); the drop is counted and recorded as an event"
         )
         if rows.num_rows + dropped != logged:
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"logprobe: {rows.num_rows:,} read + {dropped:,} dropped != {logged:,} logged"
             )
         result.rows_read, result.rows_dropped, result.chart_buckets = rows.num_rows, dropped, chart.num_rows
@@ -349,24 +327,16 @@ def measure_logprobe(workload: Sequence[dict[str, float]], data: Path, result: T
 
 
 def measure_floor(workload: Sequence[dict[str, float]], data: Path, result: ToolResult) -> None:
-    """The bare-pyarrow floor of ``bench/write_path.py`` (``ListFloor``), timed the same way."""
+    """The bare-pyarrow floor ``bench/write_path.py`` measures (``ListFloor``), timed the same way."""
     import pyarrow.parquet as pq
-
-    from bench.write_path import ListFloor
 
     floor = ListFloor()
     path = data / "floor.parquet"
     result.setup_s = 0.0
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(floor.log, workload)
-    loop_ns = time.perf_counter_ns() - start
-    floor.close(path)
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, floor.log, workload, lambda: floor.close(path), data)
     rows = pq.ParquetFile(path).metadata.num_rows
     if rows != len(workload) * len(workload[0]):
-        raise BenchmarkError(f"floor: wrote {rows} rows, logged {len(workload) * len(workload[0])}")
+        raise _report.BenchmarkError(f"floor: wrote {rows} rows, logged {len(workload) * len(workload[0])}")
     result.rows_read = rows
     result.verified = "row count from the Parquet footer (no read path: the floor is a write floor only)"
 
@@ -390,19 +360,13 @@ def measure_wandb(workload: Sequence[dict[str, float]], data: Path, result: Tool
     wandb.init(dir=data, project="bench", name=RUN_NAME, settings=settings)
     result.setup_s = (time.perf_counter_ns() - t0) / 1e9
     log = wandb.log
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(lambda step, metrics: log(metrics, step=step), workload)
-    loop_ns = time.perf_counter_ns() - start
-    wandb.finish()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, lambda step, metrics: log(metrics, step=step), workload, wandb.finish, data)
 
     # Not a read path (not timed, not reported as one): W&B's run file is parsed here only to check
     # that nothing was lost.
     files = glob.glob(str(data / "wandb" / "offline-run-*" / "run-*.wandb"))
     if len(files) != 1:
-        raise BenchmarkError(f"wandb: expected one offline run file, found {files}")
+        raise _report.BenchmarkError(f"wandb: expected one offline run file, found {files}")
     # wandb-core (a separate process) can still be appending the last records when finish()
     # returns on a loaded machine: give the file up to 10 s to settle before calling rows lost.
     deadline = time.monotonic() + 10.0
@@ -427,7 +391,7 @@ def _wandb_history(path: Path) -> Series:
 
     raw = path.read_bytes()
     if raw[:4] != b":W&B":
-        raise BenchmarkError(f"wandb: {path} is not a W&B run file")
+        raise _report.BenchmarkError(f"wandb: {path} is not a W&B run file")
     block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(raw):
         left = block - pos % block
@@ -482,14 +446,15 @@ def _measure_mlflow(
     run_id = run.info.run_id
     result.setup_s = (time.perf_counter_ns() - t0) / 1e9
     log_metrics = mlflow.log_metrics
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(lambda step, metrics: log_metrics(metrics, step=step, synchronous=False), workload)
-    loop_ns = time.perf_counter_ns() - start
-    mlflow.flush_async_logging()
-    mlflow.end_run()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        log_metrics(metrics, step=step, synchronous=False)
+
+    def close() -> None:
+        mlflow.flush_async_logging()
+        mlflow.end_run()
+
+    _measure_write(result, log, workload, close, data)
     names = list(workload[0])
 
     def read() -> Series:
@@ -534,13 +499,7 @@ def measure_tensorboardx(workload: Sequence[dict[str, float]], data: Path, resul
         for name, value in metrics.items():
             add_scalar(name, value, step)
 
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(log, workload)
-    loop_ns = time.perf_counter_ns() - start
-    writer.close()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, log, workload, writer.close, data)
     names = list(workload[0])
 
     def read() -> Series:
@@ -572,13 +531,7 @@ def measure_trackio(workload: Sequence[dict[str, float]], data: Path, result: To
     trackio.init(project="bench", name=RUN_NAME, auto_log_cpu=False, auto_log_gpu=False)
     result.setup_s = (time.perf_counter_ns() - t0) / 1e9
     log = trackio.log
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(lambda step, metrics: log(metrics, step=step), workload)
-    loop_ns = time.perf_counter_ns() - start
-    trackio.finish()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, lambda step, metrics: log(metrics, step=step), workload, trackio.finish, data)
     names = list(workload[0])
 
     def read() -> Series:
@@ -616,13 +569,7 @@ def measure_aim(workload: Sequence[dict[str, float]], data: Path, result: ToolRe
         for name, value in metrics.items():
             track(value, name=name, step=step)
 
-    gc.collect()
-    start = time.perf_counter_ns()
-    samples = _time_steps(log, workload)
-    loop_ns = time.perf_counter_ns() - start
-    run.close()
-    _finish_write(result, samples, start, time.perf_counter_ns(), loop_ns)
-    result.bytes_on_disk, result.files = _bytes_under(data)
+    _measure_write(result, log, workload, run.close, data)
     del run
 
     t0 = time.perf_counter_ns()
@@ -636,7 +583,7 @@ def measure_aim(workload: Sequence[dict[str, float]], data: Path, result: ToolRe
         for name in names:
             metric = reader.get_metric(name, Context({}))
             if metric is None:
-                raise BenchmarkError(f"aim: metric {name} not found")
+                raise _report.BenchmarkError(f"aim: metric {name} not found")
             steps, (values,) = metric.data.view("val").numpy()
             out[name] = (steps, values)
         return out
@@ -685,7 +632,7 @@ def child(tool: str, steps: int, n_metrics: int, data: Path, result_path: Path) 
     try:
         MEASURES[tool](workload, data, result)
         result.ok = True
-    except BenchmarkError as exc:
+    except _report.BenchmarkError as exc:
         result.reason = f"LOST DATA: {exc}"
         code = EXIT_LOST_DATA
     except ImportError as exc:
@@ -718,7 +665,7 @@ def run_child(tool: str, steps: int, n_metrics: int) -> ToolResult:
         lost_own = proc.returncode == EXIT_LOST_DATA and tool in OWN_TOOLS
         if lost_own or not result_path.exists():
             reason = result_path.read_text(encoding="utf-8") if result_path.exists() else ""
-            raise BenchmarkError(
+            raise _report.BenchmarkError(
                 f"{tool} at {steps} steps: exit {proc.returncode}\n{reason}\n{proc.stderr[-3000:]}"
             )
         # A peer that loses points (MLflow's async file store has dropped one of 4,000 here, once)
@@ -766,7 +713,7 @@ def run_benchmark(
     """logprobe and the floor at every size a peer runs at (and at ``big_steps``), each peer once."""
     started = time.perf_counter()
     sizes = {tool: min(peer_steps.get(tool, steps), steps) for tool in tools if tool in PEERS}
-    report = Report(steps, big_steps, n_metrics, list(tools), sizes, command, machine_info())
+    report = Report(steps, big_steps, n_metrics, list(tools), sizes, command, _report.machine_info())
     base_sizes = sorted({steps, *sizes.values()}, reverse=True)
     jobs = [(tool, size) for size in base_sizes for tool in ("logprobe", "floor") if tool in tools]
     jobs += [(tool, sizes[tool]) for tool in tools if tool in PEERS]
@@ -803,12 +750,6 @@ def _x(a: float | None, b: float | None) -> str:
     return f"{ratio:,.0f}x" if ratio >= 100 else f"{ratio:,.1f}x" if ratio >= 10 else f"{ratio:.2f}x"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _peer_ratios(report: Report, key: Callable[[ToolResult], float | None]) -> list[tuple[str, float]]:
     """(peer, peer / logprobe) at equal sizes, for every peer that ran and has the number."""
     out = []
@@ -832,6 +773,17 @@ def _versus(tool: str, ratio: float) -> str:
     return f"fastest peer {tool} is {1 / ratio:,.1f}x FASTER than logprobe"
 
 
+def _fastest_peer(
+    goal: str, ratios: Sequence[tuple[str, float]], limit: float, nobody: str
+) -> tuple[str, str, bool | None]:
+    """A goal against the fastest peer (the smallest peer / logprobe ratio): met when even that
+    peer is ``limit`` times slower; ``None`` with ``nobody`` when no peer has the number."""
+    if not ratios:
+        return goal, nobody, None
+    tool, ratio = min(ratios, key=lambda item: item[1])
+    return goal, _versus(tool, ratio), ratio >= limit
+
+
 def goals(report: Report) -> list[tuple[str, str, bool | None]]:
     """(goal, what was measured, met) for the issue's goals; ``None``: could not be judged."""
     out: list[tuple[str, str, bool | None]] = []
@@ -852,21 +804,12 @@ def goals(report: Report) -> list[tuple[str, str, bool | None]]:
             )
         else:
             out.append((f"logprobe {pct} within {GOAL_FLOOR_X:g}x of the bare floor", "not measured", None))
-        ratios = _peer_ratios(report, key)
         goal = f"logprobe {pct} at least {GOAL_PEER_WRITE_X:g}x faster than the fastest peer"
-        if ratios:
-            tool, ratio = min(ratios, key=lambda item: item[1])
-            out.append((goal, _versus(tool, ratio), ratio >= GOAL_PEER_WRITE_X))
-        else:
-            out.append((goal, "no peer ran", None))
+        out.append(_fastest_peer(goal, _peer_ratios(report, key), GOAL_PEER_WRITE_X, "no peer ran"))
     for label, attr in (("full load", "read_full_s"), ("chart query", "read_chart_s")):
         ratios = _peer_ratios(report, lambda r, attr=attr: getattr(r, attr))
         goal = f"read path ({label}) at least {GOAL_PEER_READ_X:g}x faster than the fastest peer"
-        if ratios:
-            tool, ratio = min(ratios, key=lambda item: item[1])
-            out.append((goal, _versus(tool, ratio), ratio >= GOAL_PEER_READ_X))
-        else:
-            out.append((goal, "no peer with a reader ran", None))
+        out.append(_fastest_peer(goal, ratios, GOAL_PEER_READ_X, "no peer with a reader ran"))
     return out
 
 
@@ -882,17 +825,12 @@ def render(report: Report) -> str:
         "Each tool runs in its own subprocess with an empty temp directory; the per-step call is timed "
         "with `time.perf_counter_ns`; every read-back is compared with the logged values.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
+        *_report.command_section(report.command),
         f"Whole benchmark wall time: {report.wall_s:,.0f} s.",
         "",
         "## Goals",
         "",
-        *_table(
+        *_report.markdown_table(
             ["goal", "measured (equal sizes)", "verdict"],
             [
                 [goal, measured, "met" if met else "MISSED" if met is False else "n/a"]
@@ -934,7 +872,7 @@ def render(report: Report) -> str:
                 ratio,
             ]
         )
-    out += _table(
+    out += _report.markdown_table(
         ["tool", "steps", "p50", "p99", "p99.9", "durable wall time", "on disk", "p50, p99 ratio"], rows
     )
     out += [
@@ -975,7 +913,7 @@ def render(report: Report) -> str:
                 reader,
             ]
         )
-    out += _table(
+    out += _report.markdown_table(
         ["tool", "steps", "full load", "chart query", "ratio to logprobe (full, chart)", "reader"], rows
     )
 
@@ -985,7 +923,7 @@ def render(report: Report) -> str:
         out += ["", f"## logprobe at {report.big_steps:,} steps", ""]
         if big.ok and big.latency is not None:
             fl = big_floor.latency if big_floor is not None and big_floor.ok else None
-            out += _table(
+            out += _report.markdown_table(
                 ["measure", "logprobe", "floor", "logprobe / floor"],
                 [
                     ["per-call p50", _us(big.latency.p50_us), _us(fl.p50_us if fl else None),
@@ -1067,7 +1005,7 @@ def _peer_steps(text: str) -> tuple[str, int]:
     tool, _, size = text.partition("=")
     if tool not in PEERS:
         raise argparse.ArgumentTypeError(f"unknown peer {tool!r}; choose from {', '.join(PEERS)}")
-    return tool, positive_int(size)
+    return tool, _report.positive_int(size)
 
 
 def _tools(text: str) -> list[str]:
@@ -1079,15 +1017,14 @@ def _tools(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.trackers", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, help="default %(default)s")
+    parser = _report.benchmark_parser("trackers", __doc__)
     parser.add_argument(
-        "--big-steps",
-        type=positive_int,
-        default=DEFAULT_BIG_STEPS,
-        help="logprobe only (default %(default)s)",
+        "--steps", type=_report.positive_int, default=DEFAULT_STEPS, help="default %(default)s"
     )
-    parser.add_argument("--metrics", type=positive_int, default=DEFAULT_METRICS, help="default %(default)s")
+    _report.add_count(parser, "--big-steps", DEFAULT_BIG_STEPS, "logprobe only")
+    parser.add_argument(
+        "--metrics", type=_report.positive_int, default=DEFAULT_METRICS, help="default %(default)s"
+    )
     parser.add_argument("--tools", type=_tools, default=list(TOOLS), help=f"comma list of {','.join(TOOLS)}")
     parser.add_argument(
         "--peer-steps",
@@ -1098,13 +1035,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a slow peer at N steps (capped at --steps); default "
         + ", ".join(f"{k}={v}" for k, v in DEFAULT_PEER_STEPS.items()),
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the raw numbers here")
     parser.add_argument("--child", choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
+    args, command = _report.parse_command(parser, argv)
 
     if args.child:
         return child(args.child, args.steps, args.metrics, args.data_dir, args.result)
@@ -1112,18 +1046,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "floor" in args.tools and "logprobe" not in args.tools:
         parser.error("the floor is only a reference for logprobe; select logprobe too")
     peer_steps = {**DEFAULT_PEER_STEPS, **dict(args.peer_steps)}
-    command = shlex.join(["python", "-m", "bench.trackers", *args_list])
     report = run_benchmark(args.steps, args.big_steps, args.metrics, args.tools, peer_steps, command)
     _check_numbers(report)
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), report.to_json())
 
 
 def _check_numbers(report: Report) -> None:
@@ -1138,9 +1063,9 @@ def _check_numbers(report: Report) -> None:
                 numbers[name] = value
         for name, value in numbers.items():
             if not (math.isfinite(value) and value > 0):
-                raise BenchmarkError(f"{r.tool} @ {r.steps}: {name} = {value}")
+                raise _report.BenchmarkError(f"{r.tool} @ {r.steps}: {name} = {value}")
         if r.rows_read is not None and r.rows_read + r.rows_dropped != r.steps * r.n_metrics:
-            raise BenchmarkError(f"{r.tool} @ {r.steps}: read back {r.rows_read} points")
+            raise _report.BenchmarkError(f"{r.tool} @ {r.steps}: read back {r.rows_read} points")
 
 
 if __name__ == "__main__":

@@ -25,38 +25,28 @@ Run it from the repository root: ``python -m bench.write_path [--steps N] [--met
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime
 import gc
-import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import logprobe
+from bench import _report
+from bench._workload import Latency, ListFloor, bytes_under, make_workload, time_calls
 from logprobe import collectors, storage
 
 DEFAULT_STEPS = 10_000
 DEFAULT_METRICS = 20
 DEFAULT_REPEATS = 3
-DEFAULT_OUT = Path(__file__).parent / "results" / "write_path.md"
 CHART_MAX_POINTS = 1000
 RUN_ID = "bench-write-path"
-FLOOR_COMPRESSION = "zstd"  # the Writer's default, so the floor compresses as hard as logprobe does
 
 # The issue's targets for this workload.
 TARGET_P50_US = 3.0
@@ -70,80 +60,10 @@ QUOTED_P50 = (
     ("MLflow", "450-1,600 us"),
 )
 
-# What an RL trainer logs every step (names as logprobe's collectors and common trainers use).
-METRIC_NAMES = (
-    "mismatch/k1",
-    "mismatch/k2",
-    "mismatch/k3",
-    "mismatch/tis_weight_mean",
-    "mismatch/max_abs_log_ratio",
-    "train/loss",
-    "train/policy_loss",
-    "train/entropy",
-    "train/clip_frac",
-    "train/approx_kl",
-    "train/grad_norm",
-    "train/lr",
-    "rollout/reward_mean",
-    "rollout/reward_std",
-    "rollout/response_len_mean",
-    "rollout/tokens_per_s",
-    "perf/step_time_s",
-    "perf/gpu_mem_gb",
-    "perf/mfu",
-    "timing/weight_sync_s",
-)
-
 T = TypeVar("T")
 
 
-class BenchmarkError(RuntimeError):
-    """The benchmark's own correctness checks failed (rows lost or changed); its numbers are void."""
-
-
-# ---------------------------------------------------------------------------------------- workload
-
-
-def metric_names(count: int) -> list[str]:
-    """``count`` realistic names; beyond the 20 built-in ones, numbered ``extra/metric_NNN``."""
-    extra = [f"extra/metric_{i:03d}" for i in range(max(0, count - len(METRIC_NAMES)))]
-    return [*METRIC_NAMES, *extra][:count]
-
-
-def make_workload(steps: int, n_metrics: int, seed: int = 0) -> list[dict[str, float]]:
-    """One fresh dict of Python floats per step, built up front so that timing never includes it.
-
-    Values drift and jitter per step (a trend times log-normal noise) so that Parquet cannot
-    compress them away, and they are Python floats because that is what ``tensor.item()`` gives a
-    trainer.
-    """
-    names = metric_names(n_metrics)
-    rng = np.random.default_rng(seed)
-    level = rng.uniform(1e-3, 1e3, size=n_metrics)
-    trend = 1.0 + rng.uniform(-0.5, 0.5, size=n_metrics) * np.linspace(0.0, 1.0, steps)[:, None]
-    noise = np.exp(0.1 * rng.standard_normal((steps, n_metrics)))
-    rows: list[list[float]] = (level * trend * noise).tolist()
-    return [dict(zip(names, row, strict=True)) for row in rows]
-
-
 # ---------------------------------------------------------------------------------------- results
-
-
-@dataclasses.dataclass(frozen=True)
-class Latency:
-    """Per-call latency percentiles in microseconds."""
-
-    p50_us: float
-    p99_us: float
-    p999_us: float
-    max_us: float
-    mean_us: float
-
-    @classmethod
-    def of(cls, samples_ns: Sequence[int]) -> Latency:
-        us = np.asarray(samples_ns, dtype=np.float64) / 1e3
-        p50, p99, p999 = np.percentile(us, [50.0, 99.0, 99.9])
-        return cls(float(p50), float(p99), float(p999), float(us.max()), float(us.mean()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,36 +100,13 @@ class FloorResult:
 # ---------------------------------------------------------------------------------------- measuring
 
 
-def _time_calls(
-    log: Callable[[int, dict[str, float]], None], workload: Sequence[dict[str, float]]
-) -> list[int]:
-    """Call ``log(step, metrics)`` once per step and return each call's duration in nanoseconds."""
-    perf = time.perf_counter_ns
-    samples = [0] * len(workload)
-    for step, metrics in enumerate(workload):
-        t0 = perf()
-        log(step, metrics)
-        samples[step] = perf() - t0
-    return samples
-
-
 def timer_overhead(n: int = 10_000) -> Latency:
     """Two back-to-back ``perf_counter_ns`` calls: the part of every latency that is the clock itself."""
-    return Latency.of(_time_calls(lambda step, metrics: None, [{}] * n))
+    return Latency.of(time_calls(lambda step, metrics: None, [{}] * n))
 
 
 def _gc_collections() -> list[int]:
     return [gen["collections"] for gen in gc.get_stats()]
-
-
-def _bytes_under(path: Path) -> tuple[int, int]:
-    """(total bytes, number of files) of every file below ``path``."""
-    total = files = 0
-    for directory, _, names in os.walk(path):
-        for name in names:
-            total += os.path.getsize(os.path.join(directory, name))
-            files += 1
-    return total, files
 
 
 def _expected_table(workload: Sequence[Mapping[str, float]]) -> pa.Table:
@@ -228,22 +125,22 @@ def _expected_table(workload: Sequence[Mapping[str, float]]) -> pa.Table:
 def _check_rows(read: pa.Table, expected: pa.Table) -> None:
     """Every logged point came back exactly once, with its exact value."""
     if read.num_rows != expected.num_rows:
-        raise BenchmarkError(f"read back {read.num_rows} rows, logged {expected.num_rows}")
+        raise _report.BenchmarkError(f"read back {read.num_rows} rows, logged {expected.num_rows}")
     order = [("step", "ascending"), ("name", "ascending")]
     got = read.select(expected.column_names).sort_by(order)
     if not got.equals(expected.sort_by(order)):
-        raise BenchmarkError("the rows read back differ from the rows logged")
+        raise _report.BenchmarkError("the rows read back differ from the rows logged")
 
 
 def _check_chart(series: pa.Table, names: Sequence[str], total_points: int) -> None:
     """The chart query covers every series, within ``CHART_MAX_POINTS`` buckets, and every point."""
     per_name = series.group_by("name").aggregate([("count", "sum"), ("name", "count")])
     if sorted(per_name.column("name").to_pylist()) != sorted(names):
-        raise BenchmarkError("the chart query did not return one series per metric")
+        raise _report.BenchmarkError("the chart query did not return one series per metric")
     if max(per_name.column("name_count").to_pylist()) > CHART_MAX_POINTS:
-        raise BenchmarkError(f"a chart series has more than {CHART_MAX_POINTS} buckets")
+        raise _report.BenchmarkError(f"a chart series has more than {CHART_MAX_POINTS} buckets")
     if sum(per_name.column("count_sum").to_pylist()) != total_points:
-        raise BenchmarkError("the chart buckets do not add up to every logged point")
+        raise _report.BenchmarkError("the chart buckets do not add up to every logged point")
 
 
 def measure_logprobe(workload: Sequence[dict[str, float]], expected: pa.Table, root: Path) -> LogprobeResult:
@@ -258,7 +155,7 @@ def measure_logprobe(workload: Sequence[dict[str, float]], expected: pa.Table, r
     gc.collect()
     gc_before = _gc_collections()
     start = time.perf_counter_ns()
-    samples = _time_calls(run.log, workload)
+    samples = time_calls(run.log, workload)
     loop_ns = time.perf_counter_ns() - start
     gc_after = _gc_collections()
     run.close()
@@ -275,8 +172,8 @@ def measure_logprobe(workload: Sequence[dict[str, float]], expected: pa.Table, r
 
     _check_rows(rows, expected)
     _check_chart(series, names, expected.num_rows)
-    bytes_total, files = _bytes_under(root)
-    bytes_metrics, metrics_files = _bytes_under(root / "metrics")
+    bytes_total, files = bytes_under(root)
+    bytes_metrics, metrics_files = bytes_under(root / "metrics")
     gc_runs = [after - before for before, after in zip(gc_before, gc_after, strict=True)]
     return LogprobeResult(
         latency=Latency.of(samples),
@@ -298,41 +195,13 @@ def measure_logprobe(workload: Sequence[dict[str, float]], expected: pa.Table, r
     )
 
 
-class ListFloor:
-    """The least a Python logger can do: extend three column lists per step, write once at the end.
-
-    It has no durability at all (a crash loses everything) and writes only step, name and value, so
-    it is a floor for the per-call cost, not a competitor.
-    """
-
-    def __init__(self) -> None:
-        self.steps: list[int] = []
-        self.names: list[str] = []
-        self.values: list[float] = []
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        self.names.extend(metrics)
-        self.values.extend(metrics.values())
-        self.steps.extend([step] * len(metrics))
-
-    def close(self, path: Path) -> None:
-        table = pa.table(
-            {
-                "step": pa.array(self.steps, pa.int64()),
-                "name": pa.array(self.names, pa.string()),
-                "value": pa.array(self.values, pa.float64()),
-            }
-        )
-        pq.write_table(table, path, compression=FLOOR_COMPRESSION)
-
-
 def measure_floor(workload: Sequence[dict[str, float]], expected: pa.Table, root: Path) -> FloorResult:
     """The floor on the same workload, timed the same way as ``measure_logprobe``."""
     floor = ListFloor()
     path = root / "floor.parquet"
     gc.collect()
     start = time.perf_counter_ns()
-    samples = _time_calls(floor.log, workload)
+    samples = time_calls(floor.log, workload)
     floor.close(path)
     write_ns = time.perf_counter_ns() - start
     _check_rows(pq.read_table(path), expected)
@@ -432,7 +301,7 @@ def run_benchmark(steps: int, n_metrics: int, repeats: int, command: str) -> Rep
     """
     workload = make_workload(steps, n_metrics)
     expected = _expected_table(workload)
-    machine = machine_info()
+    machine = _report.machine_info()
     timer = timer_overhead()
     logprobe_runs: list[LogprobeResult] = []
     floor_runs: list[FloorResult] = []
@@ -447,73 +316,14 @@ def run_benchmark(steps: int, n_metrics: int, repeats: int, command: str) -> Rep
 # ---------------------------------------------------------------------------------------- report
 
 
-def notes_and_machine(notes: list[str]) -> list[str]:
-    """The tail of a Markdown report: its notes (if any), then the machine table."""
-    lines = ["## Notes", "", *[f"- {n}" for n in notes], ""] if notes else []
-    return [
-        *lines,
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in machine_info().items()],
-        "",
-    ]
-
-
-def machine_info() -> dict[str, str]:
-    """What a reader needs to compare these numbers with another run of the benchmark."""
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return {
-        "date (UTC)": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "CPU": cpu,
-        "cores": f"{os.cpu_count()} (usable by this process: {usable})",
-        "load average (1, 5, 15 min) at start": load,
-        "OS": platform.platform(),
-        "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "pyarrow": pa.__version__,
-        "duckdb": duckdb.__version__,
-        "numpy": np.__version__,
-        "logprobe": f"{logprobe.__version__} (git {_git_commit()})",
-        "temp dir": tempfile.gettempdir(),
-    }
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
-
-
-def _ratio(a: float, b: float) -> str:
-    return f"{a / b:.1f}x" if b > 0 else "n/a"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
+# (label, ``Latency`` field, decimals) of the per-call rows of the results table.
+LATENCY_ROWS = (
+    ("p50", "p50_us", 2),
+    ("p99", "p99_us", 2),
+    ("p99.9", "p999_us", 2),
+    ("max", "max_us", 1),
+    ("mean", "mean_us", 2),
+)
 
 
 def render(report: Report) -> str:
@@ -526,74 +336,45 @@ def render(report: Report) -> str:
         f"(Python floats, a fresh pre-built dict per step). Medians of {report.repeats} repeats, each "
         "in a fresh temp-dir data root; logprobe and the floor alternate in one process.",
         "",
-        "Command (from the repository root):",
-        "",
-        "```",
-        report.command,
-        "```",
-        "",
-        "## Machine",
-        "",
-        *_table(["", ""], [[k, v] for k, v in report.machine.items()]),
-        "",
+        *_report.command_section(report.command),
+        *_report.machine_section(report.machine),
         "## Targets",
         "",
-        *_table(
+        *_report.markdown_table(
             ["target", "limit", "measured (median)", "verdict"],
             [[t, limit, m, "PASS" if met else "MISS"] for t, limit, m, met in report.verdicts()],
         ),
         "",
         "## Results (median of repeats)",
         "",
-        *_table(
+        *_report.markdown_table(
             ["", "logprobe `Run.log`", "floor: bare pyarrow", "logprobe / floor"],
             [
-                [
-                    "per-call p50",
-                    f"{lp.latency.p50_us:.2f} us",
-                    f"{fl.latency.p50_us:.2f} us",
-                    _ratio(lp.latency.p50_us, fl.latency.p50_us),
-                ],
-                [
-                    "per-call p99",
-                    f"{lp.latency.p99_us:.2f} us",
-                    f"{fl.latency.p99_us:.2f} us",
-                    _ratio(lp.latency.p99_us, fl.latency.p99_us),
-                ],
-                [
-                    "per-call p99.9",
-                    f"{lp.latency.p999_us:.2f} us",
-                    f"{fl.latency.p999_us:.2f} us",
-                    _ratio(lp.latency.p999_us, fl.latency.p999_us),
-                ],
-                [
-                    "per-call max",
-                    f"{lp.latency.max_us:.1f} us",
-                    f"{fl.latency.max_us:.1f} us",
-                    _ratio(lp.latency.max_us, fl.latency.max_us),
-                ],
-                [
-                    "per-call mean",
-                    f"{lp.latency.mean_us:.2f} us",
-                    f"{fl.latency.mean_us:.2f} us",
-                    _ratio(lp.latency.mean_us, fl.latency.mean_us),
-                ],
+                *(
+                    [
+                        f"per-call {label}",
+                        f"{getattr(lp.latency, key):.{digits}f} us",
+                        f"{getattr(fl.latency, key):.{digits}f} us",
+                        _report.ratio(getattr(lp.latency, key), getattr(fl.latency, key)),
+                    ]
+                    for label, key, digits in LATENCY_ROWS
+                ),
                 [
                     "write time (first call to all in Parquet)",
                     f"{lp.write_s:.3f} s",
                     f"{fl.write_s:.3f} s",
-                    _ratio(lp.write_s, fl.write_s),
+                    _report.ratio(lp.write_s, fl.write_s),
                 ],
                 [
                     "bytes on disk",
                     f"{lp.bytes_total:,} ({lp.files} files; metrics table {lp.bytes_metrics:,})",
                     f"{fl.bytes_total:,} (1 file)",
-                    _ratio(lp.bytes_total, fl.bytes_total),
+                    _report.ratio(lp.bytes_total, fl.bytes_total),
                 ],
             ],
         ),
         "",
-        *_table(
+        *_report.markdown_table(
             ["read path (logprobe)", "time"],
             [
                 ["`storage.Store(root)` construction", f"{lp.store_open_s * 1e3:.1f} ms"],
@@ -612,7 +393,7 @@ def render(report: Report) -> str:
         "",
         "## Every repeat (the spread behind the medians)",
         "",
-        *_table(
+        *_report.markdown_table(
             [
                 "repeat",
                 "p50",
@@ -644,7 +425,7 @@ def render(report: Report) -> str:
         "",
         "## Other trackers (quoted, not measured here)",
         "",
-        *_table(
+        *_report.markdown_table(
             ["tracker", "per-call p50, same workload, same machine kind"],
             [[name, value] for name, value in QUOTED_P50],
         ),
@@ -675,48 +456,14 @@ def render(report: Report) -> str:
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.write_path", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=positive_int, default=DEFAULT_STEPS, help="steps to log (default %(default)s)"
-    )
-    parser.add_argument(
-        "--metrics",
-        type=positive_int,
-        default=DEFAULT_METRICS,
-        help="scalar metrics per step (default %(default)s)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=positive_int,
-        default=DEFAULT_REPEATS,
-        help="repeats to take medians over (default %(default)s)",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="Markdown report (default bench/results/write_path.md)"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON here")
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(args_list)
-
-    command = shlex.join(["python", "-m", "bench.write_path", *args_list])
+    parser = _report.benchmark_parser("write_path", __doc__)
+    _report.add_count(parser, "--steps", DEFAULT_STEPS, "steps to log")
+    _report.add_count(parser, "--metrics", DEFAULT_METRICS, "scalar metrics per step")
+    _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "repeats to take medians over")
+    args, command = _report.parse_command(parser, argv)
     report = run_benchmark(args.steps, args.metrics, args.repeats, command)
-    text = render(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(), indent=2, allow_nan=False), encoding="utf-8")
-    print(text)
-    print(f"(written to {args.out})")
-    return 0
+    return _report.finish(args, render(report), report.to_json())
 
 
 if __name__ == "__main__":

@@ -6,16 +6,13 @@ every scenario as it says (exit 0), write its table and JSON, and say which stor
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from logprobe.collectors.demo import SCENARIOS
+from tests.bench._harness import run_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -23,15 +20,13 @@ def test_diagnosis_benchmark_smoke(demo_root: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "torch-s0").symlink_to(demo_root, target_is_directory=True)
-    out, numbers = tmp_path / "diagnosis.md", tmp_path / "diagnosis.json"
-    cmd = [sys.executable, "-m", "bench.diagnosis", "--data", str(data), "--engines", "torch"]
-    cmd += ["--seeds", "0", "1", "--out", str(out), "--json", str(numbers)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = out.read_text(encoding="utf-8")
+    args = ["--data", str(data), "--engines", "torch", "--seeds", "0", "1"]
+    report, result = run_benchmark(
+        "diagnosis", args, tmp_path, title="# Diagnosis of the demo faults", timeout=600
+    )
     assert f"**{len(SCENARIOS)} of {len(SCENARIOS)} runs diagnosed as their scenario says.**" in report
     assert "no demo store" in report and "torch-s1" in report  # the missing seed is said, not hidden
-    verdicts = json.loads(numbers.read_text(encoding="utf-8"))["torch"]["0"]
+    verdicts = result["torch"]["0"]
     assert set(verdicts) == set(SCENARIOS)
     for name, v in verdicts.items():
         assert v["ok"] and v["expected"] == SCENARIOS[name].cause

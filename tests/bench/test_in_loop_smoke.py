@@ -8,13 +8,10 @@ minute: Inductor's first compilation alone can take 20 s on a small CPU.
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench._harness import assert_numbers, run_benchmark
+
 TOKENS = 20_000
 REPEATS = 2
 CONTENDERS = {
@@ -27,41 +24,25 @@ CONTENDERS = {
 }
 
 
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
-
-
 def test_in_loop_benchmark_smoke(tmp_path: Path) -> None:
-    out, numbers = tmp_path / "in_loop.md", tmp_path / "in_loop.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.in_loop",
-            f"--tokens={TOKENS}",
-            f"--repeats={REPEATS}",
-            "--model-sizes=tiny",
-            "--model-batch=2x64",
-            "--no-compile",
-            f"--out={out}",
-            f"--json={numbers}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    args = [
+        f"--tokens={TOKENS}",
+        f"--repeats={REPEATS}",
+        "--model-sizes=tiny",
+        "--model-batch=2x64",
+        "--no-compile",
+    ]
+    report, result = run_benchmark(
+        "in_loop",
+        args,
+        tmp_path,
+        title="# logprobe in-loop benchmark",
+        records=f"--tokens={TOKENS}",
     )
-    assert proc.returncode == 0, proc.stderr
-
-    report = out.read_text(encoding="utf-8")
-    assert report.startswith("# logprobe in-loop benchmark")
-    assert report in proc.stdout  # stdout carries the same report
-    assert f"--tokens={TOKENS}" in report  # the exact command is recorded
     # vs (a), signatures' cost, vs the eager floor
     assert report.count("| MET |") + report.count("| MISSED |") == 3
     assert "torch" in report and "intra-op threads" in report
 
-    result = json.loads(numbers.read_text(encoding="utf-8"))
     assert result["agreement"]["passed"] is True
     checked = [a for a in result["agreement"]["contenders"] if a["checked"]]
     # log_mismatch with and without signatures, (a'), eager floor
@@ -72,13 +53,13 @@ def test_in_loop_benchmark_smoke(tmp_path: Path) -> None:
     for t in timings:
         assert t["tokens"] == TOKENS and 0 < t["valid_tokens"] <= TOKENS
         assert len(t["samples_s"]) >= REPEATS  # cheap batches get more calls
-        for value in (t["median_s"], t["first_call_s"], *t["samples_s"]):
-            assert _positive(value), t
+        assert_numbers([t["median_s"], t["first_call_s"], *t["samples_s"]], what=t["contender"])
 
     (model,) = result["models"]
     assert model["model"] == "tiny" and model["response_tokens"] > 0
-    for key in ("forward_median_s", "log_mismatch_median_s", "ratio", "params_m"):
-        assert _positive(model[key]), key
-    for value in (*model["forward_s"], *model["log_mismatch_s"]):
-        assert _positive(value)
+    assert_numbers(
+        {key: model[key] for key in ("forward_median_s", "log_mismatch_median_s", "ratio", "params_m")},
+        what="model",
+    )
+    assert_numbers([*model["forward_s"], *model["log_mismatch_s"]], what="model timings")
     assert len(result["goals"]) == 3

@@ -9,22 +9,17 @@ every number is finite and positive, so the benchmark cannot rot unnoticed.
 
 from __future__ import annotations
 
-import json
-import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import json_numbers
+from tests.bench._harness import assert_numbers, run_benchmark
 
 pytest.importorskip(
     "moto", reason="the object-store benchmark needs moto's S3 server (requirements-test.txt)"
 )
 
-REPO = Path(__file__).resolve().parents[2]
 ROWS = (
     "`writer.flush()`, median",
     "`writer.flush()`, p95",
@@ -47,20 +42,9 @@ ROWS = (
 
 
 def test_object_store_benchmark_smoke(tmp_path: Path) -> None:
-    out, numbers = tmp_path / "object_store.md", tmp_path / "object_store.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.object_store", "--smoke", f"--out={out}", f"--json={numbers}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    report, result = run_benchmark(
+        "object_store", ["--smoke"], tmp_path, title="# logprobe object-store benchmark", records="--smoke"
     )
-    assert proc.returncode == 0, proc.stderr
-
-    report = out.read_text(encoding="utf-8")
-    assert report.startswith("# logprobe object-store benchmark")
-    assert report in proc.stdout
-    assert "--smoke" in report  # the exact command is recorded
     for row in ROWS:
         assert row in report, row
     # Every timing row has a disk time, an S3 time and their ratio, all positive numbers.
@@ -73,7 +57,6 @@ def test_object_store_benchmark_smoke(tmp_path: Path) -> None:
     assert "duckdb-extension-httpfs" in report and "moto is a Python server" in report
     assert "## What this means" in report
 
-    result = json.loads(numbers.read_text(encoding="utf-8"))
     assert result["checks_passed"] is True
     sizes = result["sizes"]
     assert len(result["repeats"]) == sizes["repeats"]
@@ -82,6 +65,4 @@ def test_object_store_benchmark_smoke(tmp_path: Path) -> None:
     assert "open_listings" in s3 and "open_listings" not in disk  # only S3 lists
     scale = result["listing_scale"]["s3"]
     assert scale["refresh_policy_listings"] < scale["refresh_full_listings"]
-    for where, value in json_numbers(result):
-        assert math.isfinite(value), where
-        assert value > 0, where
+    assert_numbers(result)

@@ -7,16 +7,11 @@ silently), every number is positive and finite, and every read-back returned eve
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import json_numbers
+from tests.bench._harness import assert_numbers, run_benchmark
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 200
 BIG_STEPS = 2000
 METRICS = 20
@@ -24,32 +19,11 @@ TOOLS = ("logprobe", "floor", "wandb", "mlflow-sqlite", "mlflow-file", "tensorbo
 
 
 def test_trackers_benchmark_smoke(tmp_path: Path) -> None:
-    out, numbers = tmp_path / "trackers.md", tmp_path / "trackers.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.trackers",
-            f"--steps={STEPS}",
-            f"--big-steps={BIG_STEPS}",
-            f"--out={out}",
-            f"--json={numbers}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-5000:]
-
-    report = out.read_text(encoding="utf-8")
-    assert report.startswith("# ")
-    assert report in proc.stdout  # stdout carries the same report
-    assert f"--steps={STEPS}" in report  # the exact command is recorded
+    args = [f"--steps={STEPS}", f"--big-steps={BIG_STEPS}"]
+    report, result = run_benchmark("trackers", args, tmp_path, title="# ", records=f"--steps={STEPS}")
     for heading in ("## Goals", "## Write path", "## Read path", "## Versions", f"logprobe at {BIG_STEPS:,}"):
         assert heading in report, heading
 
-    result = json.loads(numbers.read_text(encoding="utf-8"))
     results = result["results"]
     by_tool: dict[str, list[dict[str, Any]]] = {}
     for r in results:
@@ -69,8 +43,6 @@ def test_trackers_benchmark_smoke(tmp_path: Path) -> None:
                 assert r["chart_points"] == r["steps"] * METRICS, r
                 assert 0 < r["chart_buckets"] <= METRICS * 1000, r
             measured = {k: v for k, v in r.items() if k not in ("steps", "n_metrics", "versions")}
-            for where, value in json_numbers(measured):
-                assert math.isfinite(value), (tool, where)
-                assert value > 0 or where in (".setup_s", ".rows_dropped"), (tool, where, value)
+            assert_numbers(measured, zero_ok=lambda where: where in (".setup_s", ".rows_dropped"), what=tool)
     assert any(r["tool"] == "logprobe" and r["steps"] == BIG_STEPS and r["ok"] for r in results)
     assert len(result["goals"]) == 6
