@@ -11,6 +11,19 @@ import torch
 
 from logprobe.collectors import rl_stats, token_entropy
 
+# Every name rl_stats returns when given everything (the README's list).
+RL_KEYS = {
+    "train/clip_frac",
+    "train/ppo_kl",
+    "train/kl_ref",
+    "train/entropy",
+    "reward/mean",
+    "reward/std",
+    "response/length_mean",
+    "response/length_min",
+    "response/length_max",
+}
+
 # --------------------------------------------------------------------------- the reference
 
 
@@ -312,17 +325,7 @@ def test_everything_at_once_all_floats() -> None:
         mask=d["mask"],
         rewards=d["adv_seq"],
     )
-    assert set(out) == {
-        "train/clip_frac",
-        "train/ppo_kl",
-        "train/kl_ref",
-        "train/entropy",
-        "reward/mean",
-        "reward/std",
-        "response/length_mean",
-        "response/length_min",
-        "response/length_max",
-    }
+    assert set(out) == RL_KEYS
     assert all(type(v) is float for v in out.values())
     assert out["response/length_mean"] == pytest.approx(d["mask"].sum(axis=1).mean())
 

@@ -11,7 +11,7 @@ import pytest
 from logprobe import monitor
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.storage import Store
-from tests.conftest import LOGPROBE
+from tests.conftest import LOGPROBE, logprobe_cli
 
 pytestmark = pytest.mark.slow
 FAILURES = {  # scenario -> the flag that defines it
@@ -90,21 +90,9 @@ def test_correlate_ranks_the_defining_flags(root: Path) -> None:
 
 
 def test_parity_cli_exit_code_and_html(root: Path, tmp_path: Path) -> None:
-    ok = subprocess.run(
-        [
-            LOGPROBE,
-            "parity",
-            "--root",
-            str(root),
-            "--ref",
-            "demo-torch-reference",
-            "--run",
-            "demo-torch-all-fixed",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert ok.returncode == 0 and "Verdict: PASS" in ok.stdout
+    ref, fixed = "demo-torch-reference", "demo-torch-all-fixed"
+    ok = logprobe_cli("parity", "--root", root, "--ref", ref, "--run", fixed)
+    assert "Verdict: PASS" in ok.stdout
     out = tmp_path / "report.html"
     bad = subprocess.run(
         [

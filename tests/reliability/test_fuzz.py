@@ -47,6 +47,7 @@ from logprobe.collectors import MISMATCH_METRICS, SIGNATURE_METRICS
 from logprobe.collectors._values import to_json
 from logprobe.collectors.vllm import fingerprint
 from logprobe.storage import SCHEMAS, Store, flatten_flags
+from tests.collectors.test_rl_stats import RL_KEYS
 from tests.conftest import LOGPROBE, REPO
 from tests.reliability.conftest import scale
 
@@ -537,17 +538,6 @@ def test_log_mismatch_survives_fuzzed_tensors(tmp_path: Path, figures: Callable[
 
 # ----------------------------------------------------------------------------------- rl_stats
 
-RL_KEYS = {
-    "train/clip_frac",
-    "train/ppo_kl",
-    "train/kl_ref",
-    "train/entropy",
-    "reward/mean",
-    "reward/std",
-    "response/length_mean",
-    "response/length_min",
-    "response/length_max",
-}
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
