@@ -26,17 +26,6 @@ def list_runs(store: Store, *, stale_after_s: float = DEFAULT_STALE_AFTER_S) -> 
     something was written within ``stale_after_s`` seconds, ``stale`` otherwise.
     """
     # Points, last step and last write per run come from the metric files' footers, not a scan.
-    store.con.register(_METRIC_SUMMARY, store.run_summary("metrics"))
-    try:
-        return _list_runs(store, stale_after_s)
-    finally:
-        store.con.unregister(_METRIC_SUMMARY)
-
-
-_METRIC_SUMMARY = "_logprobe_metric_summary"
-
-
-def _list_runs(store: Store, stale_after_s: float) -> pa.Table:
     return store.sql(
         """
         WITH r AS (
@@ -50,7 +39,7 @@ def _list_runs(store: Store, stale_after_s: float) -> pa.Table:
                    count(*) AS processes
             FROM runs GROUP BY run_id),
         m AS (SELECT run_id, last_step, last_ts AS last_metric_ts, rows AS points
-              FROM _logprobe_metric_summary),
+              FROM metric_summary),
         e AS (SELECT run_id, max(ts) AS last_event_ts,
                      count(*) FILTER (WHERE kind = 'run_start') AS starts,
                      count(*) FILTER (WHERE kind = 'run_end') AS ends
@@ -68,6 +57,7 @@ def _list_runs(store: Store, stale_after_s: float) -> pa.Table:
         ORDER BY r.created_at DESC NULLS LAST, ids.run_id
         """,
         [float(stale_after_s)],
+        tables={"metric_summary": store.run_summary("metrics")},
     )
 
 

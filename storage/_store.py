@@ -6,6 +6,11 @@ changed; a query refreshes and retries when a file vanished under it (a compacti
 which is what makes compaction safe for live readers. A query over chosen files rather than a view
 (``sql_over_files``: one run's, or only the new ones) takes a rule that picks them, not a list, so
 the retry picks again from the files that exist then.
+
+One DuckDB connection serves a Store, and it runs one call at a time (DuckDB refuses a second:
+"connection is busy"), so calls from several threads take turns on the Store's lock. A dashboard
+session needs that: Streamlit starts a rerun's thread while the previous run may still be inside
+a query.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +74,7 @@ class Store:
         self.sync_max_age_s = sync_max_age_s
         self.root: Path = self.mirror.dir if self.mirror is not None else self.location
         self.con = duckdb.connect()
+        self._lock = threading.RLock()  # one call at a time on the connection (module docstring)
         self.bad_files: dict[Path, str] = {}
         self._catalog = Catalog(self.root)
         self._view_files: dict[str, list[str] | None] = {}
@@ -106,6 +112,10 @@ class Store:
         On an object-store root this first syncs the local copy; ``full`` lists every partition
         instead of only the live ones and a few quiet ones (storage/_mirror.py).
         """
+        with self._lock:
+            return self._refresh(full=full, max_age_s=max_age_s)
+
+    def _refresh(self, *, full: bool, max_age_s: float | None) -> bool:
         if self.mirror is not None:
             age = self.sync_max_age_s if max_age_s is None else max_age_s
             self.mirror.sync(full=full, max_age_s=age)
@@ -265,12 +275,27 @@ class Store:
             )
             return self.con.sql(query.replace("{source}", source), params=params).to_arrow_table()
 
-        return self._with_retry(attempt, (table,))
+        with self._lock:
+            return self._with_retry(attempt, (table,))
 
-    def sql(self, query: str, params: list[Any] | dict[str, Any] | None = None) -> pa.Table:
-        """Run ``query`` and return the result as a pyarrow Table."""
+    def sql(
+        self,
+        query: str,
+        params: list[Any] | dict[str, Any] | None = None,
+        *,
+        tables: Mapping[str, pa.Table] | None = None,
+    ) -> pa.Table:
+        """Run ``query`` and return the result as a pyarrow Table; ``tables`` are Arrow tables the
+        query may read under these names (registered for this query only)."""
         run = lambda: self.con.sql(query, params=params).to_arrow_table()  # noqa: E731
-        return self._with_retry(run, _tables_in(query))
+        with self._lock:
+            for name, table in (tables or {}).items():
+                self.con.register(name, table)
+            try:
+                return self._with_retry(run, _tables_in(query))
+            finally:
+                for name in tables or {}:
+                    self.con.unregister(name)
 
     def _with_retry(self, attempt: Callable[[], pa.Table], tables: tuple[str, ...]) -> pa.Table:
         """Run ``attempt``; run it again while files moved under it or a damaged file was set aside.
@@ -340,7 +365,8 @@ class Store:
             raise QueryError(f"only read-only SELECT queries are allowed, got a {kind.name} statement")
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        return self._with_retry(lambda: self._read_only(query, timeout_s), _tables_in(query))
+        with self._lock:
+            return self._with_retry(lambda: self._read_only(query, timeout_s), _tables_in(query))
 
     def _read_only(self, query: str, timeout_s: float | None) -> pa.Table:
         # A SELECT can still write through a CTE (WITH d AS (DELETE ... RETURNING *) SELECT ...).
@@ -361,7 +387,8 @@ class Store:
             self.con.execute("ROLLBACK")
 
     def close(self) -> None:
-        self.con.close()
+        with self._lock:
+            self.con.close()
 
     def __enter__(self) -> Store:
         return self

@@ -258,3 +258,34 @@ def test_the_run_list_reads_footers_and_agrees_with_a_scan(tmp_path: Path) -> No
     }
     assert listed == scanned
     assert listed["b"][0] == 101
+
+
+def test_one_store_serves_several_threads(tmp_path: Path) -> None:
+    """A dashboard session's Store is called from a rerun's thread while the previous run's thread
+    is still inside a query (Streamlit's fast reruns). DuckDB refuses a second call on a busy
+    connection ("connection is busy with another call"), so the Store's calls take turns."""
+    import threading
+
+    _write_run(tmp_path, "r", 300, ["a", "b", "c"])
+    store = Store(tmp_path)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def session() -> None:
+        start.wait()
+        try:
+            for _ in range(25):
+                assert storage.list_runs(store).num_rows == 1
+                store.refresh()
+                assert store.sql("SELECT count(*) AS n FROM metrics")["n"][0].as_py() == 900
+                store.read_only_query("SELECT name, avg(value) FROM metrics GROUP BY name", timeout_s=30)
+                store.sql_over_run("metrics", "r", "SELECT max(step) FROM {source}")
+        except BaseException as exc:  # reported below, with the thread's own error
+            errors.append(exc)
+
+    threads = [threading.Thread(target=session) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors[:3]
