@@ -120,11 +120,10 @@ def jobs(root: str, run: str) -> list[Job]:
     return sorted(found, key=lambda j: j.folder.name, reverse=True)
 
 
-def start(root: str, run: str) -> Job:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-    job = Job(run, folder(root) / f"{run}@{stamp}")
-    job.folder.mkdir(parents=True)
-    args = [
+def command(root: str | Path, run: str) -> list[str]:
+    """The replay of ``run`` as a child process that prints its report as JSON (the trainer-side
+    code runs there: the dashboard never imports it)."""
+    return [
         sys.executable,
         "-m",
         "logprobe.collectors.replay",
@@ -135,6 +134,13 @@ def start(root: str, run: str) -> Job:
         "--format",
         "json",
     ]
+
+
+def start(root: str, run: str) -> Job:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    job = Job(run, folder(root) / f"{run}@{stamp}")
+    job.folder.mkdir(parents=True)
+    args = command(root, run)
     args += ["--output", str(job.report_path), "--progress", str(job.folder / "progress.jsonl")]
     with open(job.folder / "stderr.log", "wb") as log:
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

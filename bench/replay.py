@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import _report
+from logprobe.app import replays
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.collectors.demo._loop import supported
 
@@ -48,21 +49,7 @@ GOAL_S = 180.0  # the issue's goal for five variants on the tiny model
 
 def replay_run(root: Path, run: str) -> tuple[dict[str, Any], float]:
     began = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "logprobe.collectors.replay",
-            "--root",
-            str(root),
-            "--run",
-            run,
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = subprocess.run(replays.command(root, run), capture_output=True, text=True)
     seconds = time.perf_counter() - began
     if proc.returncode:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}, seconds
