@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench import _report, _servers
+from bench import _browser, _report, _servers
 from bench._workload import timed
 from logprobe import monitor, storage
 from logprobe.collectors import MISMATCH_METRICS
@@ -84,17 +84,6 @@ DUCKDB_SQL = (
 # older scan that sorted in SQL can be compared).
 PLAIN_SQL = "SELECT name, step, value FROM metrics WHERE run_id = ?"
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As tests/app/test_dashboard.py launches it.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 EXCEPTION = "[data-testid='stException']"
 CELLS = "[data-testid='stDataFrame'] table td, [data-testid='stDataFrame'] [role='gridcell']"
 
@@ -481,10 +470,6 @@ def open_runs_page(browser: Any, url: str, run_ids: Sequence[str], timeout_s: fl
 def run_ui_part(
     runs: int, steps: int, names: Sequence[str], repeats: int, timeout_s: float, tmp: Path
 ) -> dict:
-    from playwright.sync_api import sync_playwright  # a test extra (requirements-test.txt)
-
-    if not CHROMIUM.exists():
-        raise RuntimeError(f"{CHROMIUM} is missing: apt-get install -y chromium")
     root, cache = tmp / "ui-store", tmp / "ui-cache"
     run_ids = [f"ui-run-{i:02d}" for i in range(runs)]
     build_s, rows = timed(lambda: sum(write_run(root, rid, i, steps, names) for i, rid in enumerate(run_ids)))
@@ -492,15 +477,11 @@ def run_ui_part(
     env = {**os.environ, "LOGPROBE_CACHE_DIR": str(cache)}
     proc, url = serve(root, env, tmp / "ui-server.log")
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                cold = open_runs_page(browser, url, run_ids, timeout_s)
-                print(f"Runs page, first open: {cold:.2f} s", file=sys.stderr, flush=True)
-                warm = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
-                print(f"Runs page, later opens: {warm}", file=sys.stderr, flush=True)
-            finally:
-                browser.close()
+        with _browser.chromium() as browser:
+            cold = open_runs_page(browser, url, run_ids, timeout_s)
+            print(f"Runs page, first open: {cold:.2f} s", file=sys.stderr, flush=True)
+            warm = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
+            print(f"Runs page, later opens: {warm}", file=sys.stderr, flush=True)
     finally:
         _servers.stop(proc)
     kept = list((cache / "findings").rglob("*.json")) if (cache / "findings").exists() else []

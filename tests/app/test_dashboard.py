@@ -19,24 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from bench._browser import chromium
 from logprobe.app.dashboard import PAGES
 from logprobe.storage import Store, Writer
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.browser
-playwright = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)"
-)
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)")
 EXCEPTION = "[data-testid='stException']"
 # What must be on each page of the demo (beyond its heading), as CSS selectors or text.
 KEY_ELEMENTS = {
@@ -91,12 +80,8 @@ def demo_server(demo_root: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -121,15 +121,13 @@ def test_replay_across_the_two_releases_restores_v0_parity(seed_root: Path) -> N
 def test_the_dashboard_shows_v1_diverging_from_v0(seed_root: Path, tmp_path: Path) -> None:
     """The Metrics page over the three runs, and the Diagnosis page on V1's default, in Chromium
     (the README's seed screenshots: ``make screenshots``)."""
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)"
-    )
-    from tests.app.test_dashboard import ARGS, CHROMIUM, EXCEPTION, _screenshot, _serve
+    pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)")
+    from bench._browser import chromium
+    from tests.app.test_dashboard import EXCEPTION, _screenshot, _serve
 
     proc, url = _serve(seed_root)
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        with chromium() as browser:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})
             page.goto(f"{url}/metrics?runs={','.join(f'seed-{r}' for r in RUNS)}")
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=90_000)
@@ -146,7 +144,6 @@ def test_the_dashboard_shows_v1_diverging_from_v0(seed_root: Path, tmp_path: Pat
             page.wait_for_timeout(1500)
             assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
             _screenshot(page, tmp_path, "seed-diagnosis")
-            browser.close()
     finally:
         proc.terminate()
         proc.wait(10)

@@ -480,15 +480,11 @@ def hostile_server(hostile: tuple[Path, Path]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra")
-    from tests.app.test_dashboard import ARGS, CHROMIUM
+    pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra")
+    from bench._browser import chromium
 
-    if not CHROMIUM.exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (.ci/run installs it)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 # For every text node holding a marker, the node's text and the tags around it.
