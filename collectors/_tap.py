@@ -19,6 +19,7 @@ lands at the ``global_step`` given (0 without one, as TensorBoard records it), i
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import numbers
 from collections.abc import Callable, Mapping
@@ -230,8 +231,6 @@ def tap_tensorboard(
 
 def _summary_writers() -> list[type]:
     """The SummaryWriter classes importable here: torch's and tensorboardX's."""
-    import importlib
-
     classes = []
     for module in ("torch.utils.tensorboard", "tensorboardX"):
         try:

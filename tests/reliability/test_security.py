@@ -480,7 +480,7 @@ def hostile_server(hostile: tuple[Path, Path]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra")
+    pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)")
     from bench._browser import chromium
 
     with chromium() as browser:
