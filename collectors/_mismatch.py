@@ -49,6 +49,7 @@ _STATS = (
     "mismatch/k3",
     "mismatch/abs_logp_diff_mean",
     "mismatch/abs_logp_diff_max",
+    "mismatch/abs_logp_diff_rel",
     "mismatch/abs_prob_diff_mean",
     "mismatch/abs_prob_diff_max",
     "mismatch/prob_pearson",
@@ -65,6 +66,14 @@ _STATS = (
     "mismatch/seq_k3_max",
 )
 MISMATCH_METRICS = _STATS
+
+# ``prob_pearson`` is left out of a step whose trainer-side token probabilities have a standard
+# deviation under this, as it is for a single token: 1 - r is about var(dp) / (2 var(p)), so once a
+# policy has collapsed (every sampled token at p ~ 0.999) the correlation measures the engines'
+# rounding against a spread of nothing. On the demo's healthy vLLM runs it fell to 0.40 at 1e-5
+# |dp| once entropy reached 0.03, a false "below 0.99". At 0.01, a healthy engine's |dp| of ~1e-3
+# alone keeps r over 0.99 (1 - r ~ 1e-6 / 2e-4); a real batch's probabilities spread ~0.3.
+PEARSON_MIN_SPREAD = 0.01
 
 
 @dataclass
@@ -151,6 +160,15 @@ def compute_mismatch(
     mean_pt, mean_pr = p_t.sum() * inv_n, p_r.sum() * inv_n
     ct, cr = (p_t - mean_pt) * v, (p_r - mean_pr) * v
     pearson = (ct * cr).sum() / torch.sqrt((ct * ct).sum() * (cr * cr).sum())
+    # |dlogp| per nat of the trainer's surprisal (-logp of the sampled tokens, whose mean estimates
+    # the policy's entropy): a token at p ~ 1 has dlogp ~ 0 whatever the engine, so |dlogp| falls
+    # 100x as a policy sharpens while this ratio holds (10^-3.3 +- 0.2 over the demo's healthy vLLM
+    # runs from entropy 3.3 down to 0.01). Runs at different stages compare on it; a bf16 head
+    # raises it 3x.
+    surprisal = torch.where(valid, t, zero).abs().sum()
+    rel_abs_d = torch.where(surprisal > 0, abs_d.sum() / surprisal, torch.full_like(surprisal, math.nan))
+    spread = torch.sqrt((ct * ct).sum() * inv_n)
+    pearson = torch.where(spread >= PEARSON_MIN_SPREAD, pearson, torch.full_like(pearson, math.nan))
     ratio_mean = (rho * v).sum() * inv_n
     ratio_var = (((rho - ratio_mean) ** 2) * v).sum() * inv_n
     inf = torch.tensor(math.inf, dtype=f64, device=t.device)
@@ -172,6 +190,7 @@ def compute_mismatch(
             k3_tok.sum() * inv_n,
             abs_d.sum() * inv_n,
             abs_d.max(),
+            rel_abs_d,
             abs_dp.sum() * inv_n,
             abs_dp.max(),
             pearson,

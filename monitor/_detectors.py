@@ -35,6 +35,7 @@ from logprobe.monitor._specs import MetricSpec
 from logprobe.monitor._thresholds import Threshold
 
 _MAD_TO_SIGMA = 1.4826
+CLIP_SIGMA = 5.0  # CUSUM increments are clipped here (in long-run sigmas): one wild point adds at most this
 _MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2)
 
 # Expected healthy steps between two false alarms of one detector on one metric. With four
@@ -72,6 +73,22 @@ class Baseline:
     # goes, so a candidate is held against the reference at the same steps, not its overall median.
     curve_steps: tuple[int, ...] = ()
     curve: tuple[float, ...] = ()
+    # The healthy points' mean clipped score (in long-run sigmas) above the centre. The centre is a
+    # median, and a skewed metric (most steps at its floor, one in five far above it) has its mean
+    # well over its median: CUSUM increments taken from the median then drift upward on healthy
+    # data and the sum passes any limit in time. Subtracting this keeps the in-control drift at -k.
+    offset: float = 0.0
+    envelope: bool = True  # the curve is the reference's highest level so far (see ``curve_of``)
+
+    def with_offset(self, g: np.ndarray, center: np.ndarray | float | None = None) -> Baseline:
+        """This baseline with ``offset`` measured on healthy points ``g`` (around ``center``,
+        its own centre by default)."""
+        g = g[np.isfinite(g)]
+        if len(g) == 0:
+            return self
+        c = self.center if center is None else center
+        score = np.clip((g - c) / self.long_run_sigma, -CLIP_SIGMA, CLIP_SIGMA)
+        return replace(self, offset=max(float(np.mean(score)), 0.0))
 
     def center_at(self, steps: np.ndarray) -> np.ndarray | float:
         if not self.curve:
@@ -80,7 +97,13 @@ class Baseline:
 
     @classmethod
     def curve_of(
-        cls, steps: np.ndarray, g: np.ndarray, source: str, min_sigma: float, knots: int = 2000
+        cls,
+        steps: np.ndarray,
+        g: np.ndarray,
+        source: str,
+        min_sigma: float,
+        knots: int = 2000,
+        envelope: bool = True,
     ) -> Baseline:
         """A reference run's baseline: its level per step (a running median of 5 steps) and the
         noise around that level, times sqrt(2) since two runs' noises add in their difference."""
@@ -92,12 +115,14 @@ class Baseline:
         padded = np.concatenate((np.repeat(g[:1], w // 2), g, np.repeat(g[-1:], w - 1 - w // 2)))
         smooth = np.median(np.lib.stride_tricks.sliding_window_view(padded, w), axis=1)
         noise = cls.of(g - smooth, source, min_sigma)
+        noise = noise.with_offset(g - smooth)
         # The envelope: the highest level the reference has shown up to each step. A run's mismatch
         # falls as its policy sharpens, and two runs sharpen at their own pace (the demo's vLLM
         # reference falls 100x in 24 steps while an equally healthy twin stays put), so "above
         # the reference at step t" would flag the slower one; "above anything the reference
         # showed so far" does not, and still sees a floor a fault raised.
-        smooth = np.maximum.accumulate(smooth)
+        if envelope:
+            smooth = np.maximum.accumulate(smooth)
         if len(g) > knots:  # bounded state for a long reference: bucket medians
             edges = np.linspace(0, len(g), knots + 1).astype(int)
             steps = np.array([steps[a:b].mean() for a, b in itertools.pairwise(edges)])
@@ -110,6 +135,9 @@ class Baseline:
             source,
             tuple(float(x) for x in steps),
             tuple(float(x) for x in smooth),
+            # measured on one run's noise; the difference of two runs' has sqrt(2) its spread
+            noise.offset / math.sqrt(2),
+            envelope,
         )
 
     @property
@@ -128,22 +156,30 @@ class Baseline:
         a longer stretch of the run, which may already be creeping)."""
         g = g[np.isfinite(g)]
         n = len(g)
-        if detrend and n > 2:
-            x = np.arange(n, dtype=np.float64)
-            slope, intercept = np.polyfit(x, g, 1)
-            g = g - (slope * x + intercept) + float(np.median(g))
-        center = float(np.median(g))
-        mad = _MAD_TO_SIGMA * float(np.median(np.abs(g - center)))
-        # The largest of the MAD, the 10-90% spread and the std winsorised at 4 of those: heavy tails
-        # make the MAD far smaller than the spread CUSUM actually sums, a metric that often sits at
-        # its floor has a MAD of 0, and an underestimated sigma is what cries wolf.
-        if mad < min_sigma and n > 2:  # half or more of the points at one value (the floor)
+        if detrend:
+            g = _detrended(g, float(np.median(g)) if n else 0.0)
+        center = float(np.median(g)) if n else 0.0
+        mad = _MAD_TO_SIGMA * float(np.median(np.abs(g - center))) if n else 0.0
+        # A robust start, the larger of the MAD and the 10-90% spread: a metric that often sits at
+        # its floor has a MAD of (nearly) 0 while its other points lie far above, and the spread
+        # sees both modes.
+        if n > 2:
             lo, hi = np.quantile(g, [0.1, 0.9])
             mad = max(mad, float(hi - lo) / 2.563)
-        width = 4 * max(mad, min_sigma)
-        wins = np.clip(g, center - width, center + width)
-        std = float(np.std(wins, ddof=1)) if n > 2 else 0.0
-        sigma = max(mad, std, min_sigma)
+        # Then the scale CUSUM actually needs: the sigma at which the points, clipped at
+        # ``CLIP_SIGMA`` of it as the increments are, have a standard deviation of sigma (a fixed
+        # point, reached from below and bounded by the plain std). On Gaussian noise that is the
+        # std; on a skewed or heavy-tailed metric it is as wide as the clipped increments really
+        # are, where a std winsorised at a few MADs came out 3-8x too small and cried wolf.
+        sigma = max(mad, min_sigma)
+        wins = g
+        if n > 2:
+            for _ in range(30):
+                wins = np.clip(g, center - CLIP_SIGMA * sigma, center + CLIP_SIGMA * sigma)
+                std = float(np.std(wins, ddof=1))
+                if std <= sigma * 1.001:
+                    break
+                sigma = std
         rho = 0.0
         if n >= 8:
             c = wins - float(np.mean(wins))
@@ -161,6 +197,18 @@ class Baseline:
                 ratio = (lr / sigma) ** 2
                 rho = max(rho, (ratio - 1) / (ratio + 1))
         return cls(center, sigma, min(max(rho, 0.0), 0.9), n, source)
+
+
+def _detrended(g: np.ndarray, center: float) -> np.ndarray:
+    """``g`` less its straight-line trend, its median put at ``center`` (a creep already under way
+    in the points must not pass for healthy skew)."""
+    g = g[np.isfinite(g)]
+    if len(g) <= 2:
+        return g
+    x = np.arange(len(g), dtype=np.float64)
+    slope, intercept = np.polyfit(x, g, 1)
+    flat = g - (slope * x + intercept)
+    return flat - float(np.median(flat)) + center
 
 
 class Detector(ABC):
@@ -374,7 +422,7 @@ class Shift(Detector):
         baseline: Baseline | None = None,
         warmup: int = 200,
         k: float = 1.0,
-        clip: float = 5.0,
+        clip: float = CLIP_SIGMA,
         arl0: float = DEFAULT_ARL0,
         min_ratio: float = 1.5,
         min_sigma: float = math.log(1.05),
@@ -407,7 +455,8 @@ class Shift(Detector):
             steps, g = steps[take:], g[take:]
             if len(self.buffer) < self.warmup:
                 return []
-            self.baseline = Baseline.of(np.asarray(self.buffer), "own", self.min_sigma)
+            early = np.asarray(self.buffer)
+            self.baseline = Baseline.of(early, "own", self.min_sigma).with_offset(early)
             self.history, self.next_refine = self.buffer, 2 * self.warmup
             self.buffer = []
         out: list[Finding] = []
@@ -421,8 +470,10 @@ class Shift(Detector):
             self.history += g[:room].tolist()
             steps, g = steps[room:], g[room:]
             if len(self.history) >= self.next_refine:
-                refined = Baseline.of(np.asarray(self.history), "own", self.min_sigma, detrend=True)
-                self.baseline = replace(refined, center=self.baseline.center)
+                seen = np.asarray(self.history)
+                refined = Baseline.of(seen, "own", self.min_sigma, detrend=True)
+                refined = replace(refined, center=self.baseline.center)
+                self.baseline = refined.with_offset(_detrended(seen, refined.center))
                 last = self.next_refine >= 4 * self.warmup
                 self.next_refine = None if last else 2 * self.next_refine
                 if last:
@@ -435,7 +486,7 @@ class Shift(Detector):
         base = self.baseline
         assert base is not None
         g = g - base.center_at(steps)  # from here on, the excess over the baseline (log ratio)
-        z = np.clip(g / base.long_run_sigma, -self.clip, self.clip) - self.k
+        z = np.clip(g / base.long_run_sigma, -self.clip, self.clip) - base.offset - self.k
         c = self.c + np.cumsum(z)
         m = np.minimum(self.m, np.minimum.accumulate(c))
         s = c - m
@@ -520,7 +571,8 @@ class Shift(Detector):
         if base.source == "own":
             where = f"its own baseline {was} (median of its first {self.warmup} steps)"
         elif base.curve:
-            where = f"the reference run {base.source}'s highest level so far ({was})"
+            level = "highest level so far" if base.envelope else "level at that step"
+            where = f"the reference run {base.source}'s {level} ({was})"
         else:
             where = f"the reference run {base.source}'s {was}"
         return (

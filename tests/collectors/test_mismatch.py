@@ -18,6 +18,7 @@ import torch
 
 from logprobe import collectors
 from logprobe.collectors import HIST_EDGES, MISMATCH_METRICS, compute_mismatch
+from logprobe.collectors._mismatch import PEARSON_MIN_SPREAD
 from logprobe.storage import Store
 
 EPS = 0.2
@@ -69,8 +70,10 @@ def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float 
     pt = np.asarray(p_t, dtype=np.float64)
     pr = np.asarray(p_r, dtype=np.float64)
     w = rho / rho.mean()
+    surprisal = float(np.sum(np.abs(np.log(pt))))
     with np.errstate(invalid="ignore", divide="ignore"):
-        pearson = float(np.corrcoef(pt, pr)[0, 1]) if len(d) > 1 else math.nan
+        spread_ok = len(d) > 1 and float(np.std(pt)) >= PEARSON_MIN_SPREAD
+        pearson = float(np.corrcoef(pt, pr)[0, 1]) if spread_ok else math.nan
     out.update(
         {
             "mismatch/k1": float(np.mean(-d)),
@@ -78,6 +81,7 @@ def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float 
             "mismatch/k3": float(np.mean(rho - 1.0 - d)),
             "mismatch/abs_logp_diff_mean": float(np.mean(np.abs(d))),
             "mismatch/abs_logp_diff_max": float(np.max(np.abs(d))),
+            "mismatch/abs_logp_diff_rel": float(np.sum(np.abs(d)) / surprisal) if surprisal > 0 else math.nan,
             "mismatch/abs_prob_diff_mean": float(np.mean(np.abs(pt - pr))),
             "mismatch/abs_prob_diff_max": float(np.max(np.abs(pt - pr))),
             "mismatch/prob_pearson": pearson,
@@ -270,7 +274,7 @@ def test_every_design_metric_is_reported() -> None:
     data = ragged_batch(0)
     res = compute_mismatch(data["t"], data["r"], data["m"])
     assert {k for k in res.stats if k.startswith("mismatch/")} == set(MISMATCH_METRICS)
-    assert len(MISMATCH_METRICS) == 21
+    assert len(MISMATCH_METRICS) == 22
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -369,6 +373,22 @@ def test_single_token_leaves_out_undefined_pearson() -> None:
     assert res.stats["mismatch/ratio_std"] == 0.0
     assert all(math.isfinite(v) for v in res.stats.values())
     assert_stats_close(res.stats, ref_stats([(np.array([-1.0]), np.array([-1.5]), np.array([True]))]))
+
+
+def test_pearson_is_left_out_of_a_collapsed_batch() -> None:
+    """Every token at p ~ 0.9999 with engine rounding of 1e-6: the correlation of the two sides
+    is noise (it came out 0.40 on a healthy vLLM run), so it is not reported; the mismatch itself
+    still is. A batch with a real spread of probabilities keeps it, near 1."""
+    rng = np.random.default_rng(0)
+    t = np.log(0.9999 - 1e-5 * rng.random((4, 64)))
+    r = t + 1e-6 * rng.standard_normal(t.shape)
+    res = compute_mismatch(torch.from_numpy(t), torch.from_numpy(r))
+    assert float(np.std(np.exp(t))) < PEARSON_MIN_SPREAD
+    assert "mismatch/prob_pearson" not in res.stats
+    assert res.stats["mismatch/abs_logp_diff_mean"] == pytest.approx(np.mean(np.abs(t - r)), rel=1e-9)
+    spread = np.log(rng.uniform(0.05, 1.0, (4, 64)))
+    res = compute_mismatch(torch.from_numpy(spread), torch.from_numpy(spread + 1e-6))
+    assert res.stats["mismatch/prob_pearson"] > 0.999999
 
 
 # --------------------------------------------------------------------------- dtypes and input kinds

@@ -233,6 +233,48 @@ def test_false_alarms_on_long_healthy_series(seed: int) -> None:
     assert len(monitor.detect("r", "mismatch/abs_logp_diff_mean", np.arange(n), ar)) <= 1
 
 
+def _floor_pile(n: int, seed: int, high: float = 0.2, block: float = 3.0) -> np.ndarray:
+    """|dlogp| that sits under its floor most steps and, a fifth of them, in short bursts 15x above
+    it: the shape of a 24-step run whose early steps a block bootstrap replays at random."""
+    rng = np.random.default_rng(seed)
+    up_to_down = 1 / block
+    down_to_up = up_to_down * high / (1 - high)
+    switch = rng.random(n)
+    state = np.zeros(n, dtype=bool)
+    for i in range(1, n):
+        state[i] = switch[i] >= up_to_down if state[i - 1] else switch[i] < down_to_up
+    return np.where(state, 1.5e-3 * np.exp(0.3 * rng.standard_normal(n)), 5e-5)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_skewed_healthy_metric_is_not_a_shift(seed: int) -> None:
+    """Most points at the floor and the rest far above: the median is the floor while the mean is
+    far over it. A sigma winsorised at a few MADs of the floor pile (0.13 where 1 was right) and
+    increments taken from the median made CUSUM drift up on such a series and fire hundreds of
+    times; the clipped-scale fixed point and the healthy offset keep it quiet."""
+    values = _floor_pile(50_000, seed)
+    found = monitor.detect("r", "mismatch/abs_logp_diff_mean", np.arange(len(values)), values)
+    assert _by(found, "shift") == []
+    # ... and a real rise of the same metric is still found.
+    raised = values.copy()
+    raised[20_000:] *= 10
+    assert _by(monitor.detect("r", "mismatch/abs_logp_diff_mean", np.arange(len(raised)), raised), "shift")
+
+
+def test_per_nat_metric_is_held_against_the_reference_at_the_same_step() -> None:
+    """|dlogp| per nat holds while a policy sharpens, so it is compared with the reference's level at
+    the step, not its highest so far: a bf16 head's 3x from step 4 is seen; a healthy twin is not."""
+    metric = "mismatch/abs_logp_diff_rel"
+    ref = Reference.of_series("healthy", {metric: _lognormal(24, 5e-4, 0.15, seed=11)})
+    bad = _lognormal(24, 5e-4, 0.15, seed=12)
+    bad[4:] *= 3
+    (finding,) = _by(monitor.detect("r", metric, np.arange(24), bad, reference=ref), "reference")
+    assert 4 <= finding.step_detected <= 8
+    assert "the reference run healthy's level at that step" in finding.message
+    twin = _lognormal(24, 5e-4, 0.15, seed=13)
+    assert monitor.detect("r", metric, np.arange(24), twin, reference=ref) == []
+
+
 def test_detect_run_reads_the_store_and_the_recorded_reference(tmp_path: Path) -> None:
     with Writer(tmp_path) as writer:
         writer.append("runs", "ref", {"name": "ref", "created_at": time.time()})
