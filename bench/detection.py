@@ -782,10 +782,18 @@ def judge_goals(res: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                             else f"first flag at onset +{r['delay']} (`{r['first_detector']}` on "
                             f"`{r['first_metric']}`)"
                         )
+                        twin = demo.get(f"all-fixed | {key.split(' | ')[1]}", {"runs": []})
+                        spread = [x for t in twin["runs"] for x in t["early_ratio"]]
+                        healthy = (
+                            f" (a healthy twin, all-fixed, is {min(spread):g}-{max(spread):g}x "
+                            "at those steps)"
+                            if spread
+                            else ""
+                        )
                         details.append(
                             f"{key} seed {r['seed']}: {first}; its {EFFECT_METRIC} at onset +0..+{WITHIN} "
                             f"is {', '.join(f'{x:g}x' for x in r['early_ratio'])} the reference run's at "
-                            "the same step"
+                            f"the same step{healthy}"
                         )
         goals.append(
             {
