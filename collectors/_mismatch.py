@@ -49,7 +49,6 @@ _STATS = (
     "mismatch/k3",
     "mismatch/abs_logp_diff_mean",
     "mismatch/abs_logp_diff_max",
-    "mismatch/abs_logp_diff_rel",
     "mismatch/abs_prob_diff_mean",
     "mismatch/abs_prob_diff_max",
     "mismatch/prob_pearson",
@@ -160,13 +159,6 @@ def compute_mismatch(
     mean_pt, mean_pr = p_t.sum() * inv_n, p_r.sum() * inv_n
     ct, cr = (p_t - mean_pt) * v, (p_r - mean_pr) * v
     pearson = (ct * cr).sum() / torch.sqrt((ct * ct).sum() * (cr * cr).sum())
-    # |dlogp| per nat of the trainer's surprisal (-logp of the sampled tokens, whose mean estimates
-    # the policy's entropy): a token at p ~ 1 has dlogp ~ 0 whatever the engine, so |dlogp| falls
-    # 100x as a policy sharpens while this ratio holds (10^-3.3 +- 0.2 over the demo's healthy vLLM
-    # runs from entropy 3.3 down to 0.01). Runs at different stages compare on it; a bf16 head
-    # raises it 3x.
-    surprisal = torch.where(valid, t, zero).abs().sum()
-    rel_abs_d = torch.where(surprisal > 0, abs_d.sum() / surprisal, torch.full_like(surprisal, math.nan))
     spread = torch.sqrt((ct * ct).sum() * inv_n)
     pearson = torch.where(spread >= PEARSON_MIN_SPREAD, pearson, torch.full_like(pearson, math.nan))
     ratio_mean = (rho * v).sum() * inv_n
@@ -190,7 +182,6 @@ def compute_mismatch(
             k3_tok.sum() * inv_n,
             abs_d.sum() * inv_n,
             abs_d.max(),
-            rel_abs_d,
             abs_dp.sum() * inv_n,
             abs_dp.max(),
             pearson,

@@ -78,7 +78,6 @@ class Baseline:
     # well over its median: CUSUM increments taken from the median then drift upward on healthy
     # data and the sum passes any limit in time. Subtracting this keeps the in-control drift at -k.
     offset: float = 0.0
-    envelope: bool = True  # the curve is the reference's highest level so far (see ``curve_of``)
 
     def with_offset(self, g: np.ndarray, center: np.ndarray | float | None = None) -> Baseline:
         """This baseline with ``offset`` measured on healthy points ``g`` (around ``center``,
@@ -103,7 +102,6 @@ class Baseline:
         source: str,
         min_sigma: float,
         knots: int = 2000,
-        envelope: bool = True,
     ) -> Baseline:
         """A reference run's baseline: its level per step (a running median over a tenth of the
         run, at least 5 and at most 201 steps) and the noise around that level, times sqrt(2)
@@ -124,8 +122,7 @@ class Baseline:
         # reference falls 100x in 24 steps while an equally healthy twin stays put), so "above
         # the reference at step t" would flag the slower one; "above anything the reference
         # showed so far" does not, and still sees a floor a fault raised.
-        if envelope:
-            smooth = np.maximum.accumulate(smooth)
+        smooth = np.maximum.accumulate(smooth)
         if len(g) > knots:  # bounded state for a long reference: bucket medians
             edges = np.linspace(0, len(g), knots + 1).astype(int)
             steps = np.array([steps[a:b].mean() for a, b in itertools.pairwise(edges)])
@@ -140,7 +137,6 @@ class Baseline:
             tuple(float(x) for x in smooth),
             # measured on one run's noise; the difference of two runs' has sqrt(2) its spread
             noise.offset / math.sqrt(2),
-            envelope,
         )
 
     @property
@@ -574,8 +570,7 @@ class Shift(Detector):
         if base.source == "own":
             where = f"its own baseline {was} (median of its first {self.warmup} steps)"
         elif base.curve:
-            level = "highest level so far" if base.envelope else "level at that step"
-            where = f"the reference run {base.source}'s {level} ({was})"
+            where = f"the reference run {base.source}'s highest level so far ({was})"
         else:
             where = f"the reference run {base.source}'s {was}"
         return (
@@ -721,7 +716,11 @@ class Jump(Detector):
             out += self._judge(steps[:room], values[:room], g[:room])
             steps, values, g = steps[room:], values[room:], g[room:]
             if self.warmup + self.resid_count >= self.next_refine:
-                self.tail_limit = _tail_limit(np.asarray(self.resid_top), self.arl0, n=self.resid_count)
+                # Never above the warm-up's limit, which already took the heaviest tail allowed: a
+                # level shift inside the window fills its top tenth with the shift's residuals,
+                # which are no tail of the noise.
+                refit = _tail_limit(np.asarray(self.resid_top), self.arl0, n=self.resid_count)
+                self.tail_limit = min(self.tail_limit, refit)
                 last = self.next_refine >= 64 * self.warmup
                 self.next_refine = None if last else 2 * self.next_refine
                 if last:

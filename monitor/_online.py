@@ -62,9 +62,7 @@ class Reference:
             steps, values = data if isinstance(data, tuple) else (np.arange(len(data)), data)
             g = spec.badness(np.asarray(values, dtype=np.float64))
             if np.isfinite(g).sum() >= settings.reference_min_points:
-                baselines[metric] = Baseline.curve_of(
-                    np.asarray(steps), g, run_id, min_sigma=math.log(1.05), envelope=spec.envelope
-                )
+                baselines[metric] = Baseline.curve_of(np.asarray(steps), g, run_id, min_sigma=math.log(1.05))
         return cls(run_id, baselines)
 
 

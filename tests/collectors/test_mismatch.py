@@ -70,7 +70,6 @@ def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float 
     pt = np.asarray(p_t, dtype=np.float64)
     pr = np.asarray(p_r, dtype=np.float64)
     w = rho / rho.mean()
-    surprisal = float(np.sum(np.abs(np.log(pt))))
     with np.errstate(invalid="ignore", divide="ignore"):
         spread_ok = len(d) > 1 and float(np.std(pt)) >= PEARSON_MIN_SPREAD
         pearson = float(np.corrcoef(pt, pr)[0, 1]) if spread_ok else math.nan
@@ -81,7 +80,6 @@ def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float 
             "mismatch/k3": float(np.mean(rho - 1.0 - d)),
             "mismatch/abs_logp_diff_mean": float(np.mean(np.abs(d))),
             "mismatch/abs_logp_diff_max": float(np.max(np.abs(d))),
-            "mismatch/abs_logp_diff_rel": float(np.sum(np.abs(d)) / surprisal) if surprisal > 0 else math.nan,
             "mismatch/abs_prob_diff_mean": float(np.mean(np.abs(pt - pr))),
             "mismatch/abs_prob_diff_max": float(np.max(np.abs(pt - pr))),
             "mismatch/prob_pearson": pearson,
@@ -274,7 +272,7 @@ def test_every_design_metric_is_reported() -> None:
     data = ragged_batch(0)
     res = compute_mismatch(data["t"], data["r"], data["m"])
     assert {k for k in res.stats if k.startswith("mismatch/")} == set(MISMATCH_METRICS)
-    assert len(MISMATCH_METRICS) == 22
+    assert len(MISMATCH_METRICS) == 21
 
 
 @pytest.mark.parametrize("seed", range(8))
