@@ -675,8 +675,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
                     row.append(f"{c['with_findings']}/{c['seeds']} with findings")
                 else:
                     pre_ = sum(r["pre_onset_findings"] for r in c["runs"])
+                    never = sum(1 for r in c["runs"] if r["delay"] is None)
                     row.append(
                         f"{c['within']}/{c['seeds']} (max {c['max_delay']}"
+                        + (f"; {never} never flagged" if never else "")
                         + (f"; {pre_} before onset" if pre_ else "")
                         + ")"
                     )
