@@ -112,8 +112,13 @@ class KeptScan:
             return RunMonitor.from_state(saved["state"]), set(saved["files"])
         except FileNotFoundError:
             return None, set()
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged cache is rebuilt
-            log.warning("logprobe: rescanning %s: kept scan %s unreadable (%s)", self.run_id, self.path, exc)
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # a damaged or older cache is rebuilt
+            log.warning(
+                "logprobe: rescanning %s: kept scan %s unreadable or from older detectors (%s)",
+                self.run_id,
+                self.path,
+                exc,
+            )
             return None, set()
 
     def _save(self, monitor: RunMonitor, files: set[str]) -> None:

@@ -23,7 +23,9 @@ from logprobe.monitor._findings import Finding
 from logprobe.monitor._specs import MetricSpec, spec_for
 from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS, Threshold
 
-STATE_VERSION = 1
+# 2: the detectors' calibration changed (CUSUM scale and offset, the spike's Pareto tail), so a scan
+# kept under version 1 is not resumed but done again with the new detectors.
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True)

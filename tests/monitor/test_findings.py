@@ -99,6 +99,23 @@ def test_a_run_without_a_watcher_is_scanned_once_then_only_new_files_are_read(tm
     assert after.update() == found and after.scans == 2
 
 
+def test_a_scan_kept_by_older_detectors_is_done_again(tmp_path: Path) -> None:
+    """A kept state from before a calibration change (its version) is not resumed with the new
+    detectors' arithmetic on the old baselines: the run is scanned again."""
+    k3 = _healthy_then_bad(200, onset=150)
+    with Writer(tmp_path) as producer:
+        for step in range(200):
+            producer.log_metrics("r", step, {"mismatch/k3": k3[step]})
+    kept = monitor._kept.KeptScan(Store(tmp_path), "r")
+    found = kept.update()
+    (path,) = monitor.findings_cache_dir(Store(tmp_path)).glob("*")
+    saved = json.loads(path.read_text())
+    saved["state"]["version"] = 1
+    path.write_text(json.dumps(saved))
+    again = monitor._kept.KeptScan(Store(tmp_path), "r")
+    assert again.update() == found and (again.scans, again.rows_read) == (2, 200)
+
+
 def test_findings_command_json(tmp_path: Path) -> None:
     k3 = _healthy_then_bad(40, onset=20)
     with Writer(tmp_path) as producer:
