@@ -96,12 +96,7 @@ class Baseline:
 
     @classmethod
     def curve_of(
-        cls,
-        steps: np.ndarray,
-        g: np.ndarray,
-        source: str,
-        min_sigma: float,
-        knots: int = 2000,
+        cls, steps: np.ndarray, g: np.ndarray, source: str, min_sigma: float, knots: int = 2000
     ) -> Baseline:
         """A reference run's baseline: its level per step (a running median over a tenth of the
         run, at least 5 and at most 201 steps) and the noise around that level, times sqrt(2)
