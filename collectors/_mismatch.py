@@ -66,12 +66,13 @@ _STATS = (
 )
 MISMATCH_METRICS = _STATS
 
-# ``prob_pearson`` is left out of a step whose trainer-side token probabilities have a standard
-# deviation under this, as it is for a single token: 1 - r is about var(dp) / (2 var(p)), so once a
-# policy has collapsed (every sampled token at p ~ 0.999) the correlation measures the engines'
-# rounding against a spread of nothing. On the demo's healthy vLLM runs it fell to 0.40 at 1e-5
-# |dp| once entropy reached 0.03, a false "below 0.99". At 0.01, a healthy engine's |dp| of ~1e-3
-# alone keeps r over 0.99 (1 - r ~ 1e-6 / 2e-4); a real batch's probabilities spread ~0.3.
+# ``prob_pearson`` is left out of a step whose trainer-side token probabilities have a coefficient
+# of variation (std / mean) under this, as it is for a single token. With dp ~ p dlogp,
+# 1 - r ~ var(dp) / (2 var(p)) ~ var(dlogp) / (2 cv^2): once a policy has collapsed (every sampled
+# token at p ~ 0.999, cv ~ 1e-5) the correlation measures the engines' rounding against a spread of
+# nothing; on the demo's healthy vLLM runs it fell to 0.40 at 1e-5 |dp| once entropy reached 0.03,
+# a false "below 0.99". At cv 0.01 a healthy engine's |dlogp| of ~1e-3 alone keeps r over 0.99. A
+# near-uniform policy (p ~ 1/V, varying by tens of percent) keeps it: its spread is relative.
 PEARSON_MIN_SPREAD = 0.01
 
 
@@ -159,7 +160,7 @@ def compute_mismatch(
     mean_pt, mean_pr = p_t.sum() * inv_n, p_r.sum() * inv_n
     ct, cr = (p_t - mean_pt) * v, (p_r - mean_pr) * v
     pearson = (ct * cr).sum() / torch.sqrt((ct * ct).sum() * (cr * cr).sum())
-    spread = torch.sqrt((ct * ct).sum() * inv_n)
+    spread = torch.sqrt((ct * ct).sum() * inv_n) / mean_pt.clamp_min(1e-300)
     pearson = torch.where(spread >= PEARSON_MIN_SPREAD, pearson, torch.full_like(pearson, math.nan))
     ratio_mean = (rho * v).sum() * inv_n
     ratio_var = (((rho - ratio_mean) ** 2) * v).sum() * inv_n

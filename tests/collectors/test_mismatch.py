@@ -71,7 +71,7 @@ def ref_stats(seqs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], eps: float 
     pr = np.asarray(p_r, dtype=np.float64)
     w = rho / rho.mean()
     with np.errstate(invalid="ignore", divide="ignore"):
-        spread_ok = len(d) > 1 and float(np.std(pt)) >= PEARSON_MIN_SPREAD
+        spread_ok = len(d) > 1 and float(np.std(pt) / np.mean(pt)) >= PEARSON_MIN_SPREAD
         pearson = float(np.corrcoef(pt, pr)[0, 1]) if spread_ok else math.nan
     out.update(
         {
@@ -376,16 +376,20 @@ def test_single_token_leaves_out_undefined_pearson() -> None:
 def test_pearson_is_left_out_of_a_collapsed_batch() -> None:
     """Every token at p ~ 0.9999 with engine rounding of 1e-6: the correlation of the two sides
     is noise (it came out 0.40 on a healthy vLLM run), so it is not reported; the mismatch itself
-    still is. A batch with a real spread of probabilities keeps it, near 1."""
+    still is. A batch with a real spread of probabilities keeps it, near 1, and so does a
+    near-uniform policy over a large vocabulary, whose probabilities are all small but vary."""
     rng = np.random.default_rng(0)
     t = np.log(0.9999 - 1e-5 * rng.random((4, 64)))
     r = t + 1e-6 * rng.standard_normal(t.shape)
     res = compute_mismatch(torch.from_numpy(t), torch.from_numpy(r))
-    assert float(np.std(np.exp(t))) < PEARSON_MIN_SPREAD
+    assert float(np.std(np.exp(t)) / np.mean(np.exp(t))) < PEARSON_MIN_SPREAD
     assert "mismatch/prob_pearson" not in res.stats
     assert res.stats["mismatch/abs_logp_diff_mean"] == pytest.approx(np.mean(np.abs(t - r)), rel=1e-9)
     spread = np.log(rng.uniform(0.05, 1.0, (4, 64)))
     res = compute_mismatch(torch.from_numpy(spread), torch.from_numpy(spread + 1e-6))
+    assert res.stats["mismatch/prob_pearson"] > 0.999999
+    uniform = np.log(rng.uniform(0.5, 1.5, (4, 64)) / 50_000)  # std of p ~ 6e-6, 30% of its mean
+    res = compute_mismatch(torch.from_numpy(uniform), torch.from_numpy(uniform + 1e-6))
     assert res.stats["mismatch/prob_pearson"] > 0.999999
 
 

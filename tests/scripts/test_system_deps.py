@@ -28,7 +28,10 @@ def test_without_root_it_names_the_packages_and_the_command() -> None:
         bin_dir.mkdir()
         for tool in ("sh", "id"):  # nothing else: no chromium, no java on this PATH
             (bin_dir / tool).symlink_to(shutil.which(tool))
-        proc = _as_nobody(setpriv, bin_dir)
+        # A copy: the checkout itself may sit in a folder the other user cannot enter (mktemp -d).
+        script = Path(tmp) / "system_deps.sh"
+        shutil.copyfile(SCRIPT, script)
+        proc = _as_nobody(setpriv, bin_dir, script)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == (
         "make test needs Debian packages: chromium default-jre-headless. "
@@ -36,9 +39,9 @@ def test_without_root_it_names_the_packages_and_the_command() -> None:
     )
 
 
-def _as_nobody(setpriv: str, bin_dir: Path) -> subprocess.CompletedProcess[str]:
+def _as_nobody(setpriv: str, bin_dir: Path, script: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(bin_dir / "sh"), str(SCRIPT)],
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", str(bin_dir / "sh"), str(script)],
         env={"PATH": str(bin_dir)},
         capture_output=True,
         text=True,
