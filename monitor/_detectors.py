@@ -79,14 +79,12 @@ class Baseline:
     # data and the sum passes any limit in time. Subtracting this keeps the in-control drift at -k.
     offset: float = 0.0
 
-    def with_offset(self, g: np.ndarray, center: np.ndarray | float | None = None) -> Baseline:
-        """This baseline with ``offset`` measured on healthy points ``g`` (around ``center``,
-        its own centre by default)."""
+    def with_offset(self, g: np.ndarray) -> Baseline:
+        """This baseline with ``offset`` measured on healthy points ``g`` around its centre."""
         g = g[np.isfinite(g)]
         if len(g) == 0:
             return self
-        c = self.center if center is None else center
-        score = np.clip((g - c) / self.long_run_sigma, -CLIP_SIGMA, CLIP_SIGMA)
+        score = np.clip((g - self.center) / self.long_run_sigma, -CLIP_SIGMA, CLIP_SIGMA)
         return replace(self, offset=max(float(np.mean(score)), 0.0))
 
     def center_at(self, steps: np.ndarray) -> np.ndarray | float:
