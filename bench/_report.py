@@ -59,6 +59,21 @@ def machine_section(machine: Mapping[str, str]) -> list[str]:
     return ["## Machine", "", *markdown_table(["", ""], [[key, value] for key, value in machine.items()]), ""]
 
 
+Verdict = tuple[str, str, str, bool]  # (goal, limit, measured, met)
+
+
+def goals_section(verdicts: Sequence[Verdict], measured: str = "measured (medians)") -> list[str]:
+    """The "## Goals" section: each goal, its limit, what was measured and whether it was met."""
+    rows = [[goal, limit, value, "MET" if met else "MISSED"] for goal, limit, value, met in verdicts]
+    return ["## Goals", "", *markdown_table(["goal", "limit", measured, "verdict"], rows), ""]
+
+
+def goals_json(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
+    """The goals as the numbers file carries them."""
+    keys = ("goal", "limit", "measured", "met")
+    return [dict(zip(keys, verdict, strict=True)) for verdict in verdicts]
+
+
 def notes_and_machine(notes: Sequence[str]) -> list[str]:
     """The tail of a report: its notes (if any), then the machine it ran on."""
     lines = ["## Notes", "", *[f"- {note}" for note in notes], ""] if notes else []
@@ -116,6 +131,12 @@ def git_commit() -> str:
 
 
 # ---------------------------------------------------------------------------------------- CLI
+
+
+def fields(report: object, *names: str) -> dict[str, Any]:
+    """The named attributes of a report, as its JSON's opening keys: the sizes it ran at, the
+    command and the machine, which every benchmark records before its own numbers."""
+    return {name: getattr(report, name) for name in names}
 
 
 def positive_int(text: str) -> int:

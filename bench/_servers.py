@@ -1,11 +1,18 @@
-"""The local servers a benchmark starts for itself (``logprobe ui`` for the monitor's Runs page,
-moto's S3 server for the object store): a free port to start one on, and a sure way to stop it, so
-that a failed measurement never leaves a server holding the port or the machine's cores."""
+"""The local servers a benchmark or a browser test starts for itself (``logprobe ui`` for the Runs
+page and the dashboard tests, moto's S3 server for the object store): a free port to start one on,
+``logprobe ui`` started the one way they all start it, and a sure way to stop a server, so that a
+failed measurement never leaves one holding the port or the machine's cores."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -23,3 +30,40 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def serve_ui(
+    root: Path,
+    *args: str,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = 90,
+) -> tuple[subprocess.Popen, str]:
+    """``logprobe ui --root ROOT ARGS`` on a free port (its default bind address), returned with
+    its URL once Streamlit's health check answers. Its output goes to ``log`` (a temp file if not
+    given) rather than a pipe nobody drains; if it never answers, the error carries the log's tail."""
+    port = free_port()
+    logprobe = str(Path(sys.executable).with_name("logprobe"))
+    if log is None:
+        log = Path(tempfile.mkstemp(prefix="logprobe-ui-", suffix=".log")[1])
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [logprobe, "ui", "--root", str(root), "--port", str(port), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read() == b"ok":
+                    return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"logprobe ui did not come up: {log.read_text()[-2000:]}")

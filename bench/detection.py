@@ -43,12 +43,10 @@ and seed, in subprocesses, into a temporary directory): minutes, the vLLM ones n
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import functools
 import math
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -60,7 +58,7 @@ import numpy as np
 from scipy.signal import lfilter
 from scipy.stats import chi2
 
-from bench import _report
+from bench import _demo_stores, _report
 from logprobe import monitor, storage
 
 DETECTORS = ("threshold", "shift", "reference", "spike", "jump", "nonfinite")
@@ -171,29 +169,12 @@ def judged(metric: str) -> bool:
 
 
 def generate(data: Path, engines: Sequence[str], seeds: Sequence[int], long_steps: int) -> list[str]:
-    """Run the demo into ``data`` laid out like ``/work/data``; returns notes on what was skipped."""
-    notes = []
-    for engine in engines:
-        if engine == "vllm" and importlib.util.find_spec("vllm") is None:
-            notes.append("vllm is not installed (the vllm extra): no vLLM demo runs generated")
-            continue
-        for seed in seeds:
-            root = data / f"{engine}-s{seed}"
-            cmd = [sys.executable, "-m", "logprobe.collectors.demo", "--engine", engine, "--seed", str(seed)]
-            cmd += ["--root", str(root)]
-            print(f"generating {root.name} ...", file=sys.stderr, flush=True)
-            with open(data / f"{root.name}.log", "w", encoding="utf-8") as log:
-                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-            if code:
-                notes.append(f"the {engine} demo of seed {seed} failed (exit {code}); see its log")
+    """The demo into ``data`` laid out like ``/work/data``, plus one long torch pair of the healthy
+    scenarios; returns notes on what was skipped."""
+    notes = _demo_stores.generate(data, engines, seeds)
     if long_steps and "torch" in engines:
-        root = data / "torch-long"
-        cmd = [sys.executable, "-m", "logprobe.collectors.demo", *HEALTHY_SCENARIOS, "--engine", "torch"]
-        cmd += ["--steps", str(long_steps), "--seed", "7", "--root", str(root)]
-        print(f"generating {root.name} ...", file=sys.stderr, flush=True)
-        with open(data / "torch-long.log", "w", encoding="utf-8") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-                notes.append("the long torch demo failed; see its log")
+        args = [*HEALTHY_SCENARIOS, "--engine", "torch", "--steps", str(long_steps), "--seed", "7"]
+        notes += _demo_stores.run_demo(data, "torch-long", args)
     return notes
 
 
@@ -876,7 +857,10 @@ def open_stores(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("detection", __doc__)
     parser.add_argument(
-        "--data", type=Path, default=None, help="existing demo stores (ENGINE-sSEED, torch-long)"
+        "--data",
+        type=_demo_stores.existing_dir,
+        default=None,
+        help="existing demo stores (ENGINE-sSEED, torch-long)",
     )
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
@@ -906,13 +890,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--block must be >= 1")
     start = time.perf_counter()
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="logprobe-detection-") as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp)
-            notes += generate(data, args.engines, args.seeds, args.long_steps)
-        elif not data.is_dir():
-            parser.error(f"--data {data} is not a directory")
+    make = functools.partial(generate, engines=args.engines, seeds=args.seeds, long_steps=args.long_steps)
+    with _demo_stores.demo_data(args.data, make, "detection") as (data, made_notes):
+        notes += made_notes
         stores, missing = open_stores(data, args.engines, args.seeds)
         notes += missing
         print("1a: bootstrapped healthy demo runs", file=sys.stderr, flush=True)

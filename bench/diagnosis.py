@@ -18,15 +18,13 @@ Run it from the repository root:
 
 from __future__ import annotations
 
+import functools
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from bench import _report
-from bench.detection import generate
+from bench import _demo_stores, _report
 from logprobe import monitor, storage
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.collectors.demo._loop import supported
@@ -126,7 +124,9 @@ def report(results: dict[str, dict[int, dict[str, dict]]], seconds: float, notes
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("diagnosis", __doc__)
-    parser.add_argument("--data", type=Path, default=None, help="existing demo stores (ENGINE-sSEED)")
+    parser.add_argument(
+        "--data", type=_demo_stores.existing_dir, default=None, help="existing demo stores (ENGINE-sSEED)"
+    )
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="the demo's steps per run")
@@ -134,13 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     notes: list[str] = []
     results: dict[str, dict[int, dict[str, dict]]] = {}
-    with tempfile.TemporaryDirectory(prefix="logprobe-diagnosis-") as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp)
-            notes += generate(data, args.engines, args.seeds, 0)
-        elif not data.is_dir():
-            parser.error(f"--data {data} is not a directory")
+    make = functools.partial(_demo_stores.generate, engines=args.engines, seeds=args.seeds)
+    with _demo_stores.demo_data(args.data, make, "diagnosis") as (data, made_notes):
+        notes += made_notes
         for engine in args.engines:
             for seed in args.seeds:
                 root = data / f"{engine}-s{seed}"

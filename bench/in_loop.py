@@ -580,7 +580,7 @@ class Report:
                 return timing
         return None
 
-    def verdicts(self) -> list[tuple[str, str, str, bool]]:
+    def verdicts(self) -> list[_report.Verdict]:
         """(goal, limit, measured, met) per batch size; the floor goal against each floor measured."""
         rows = []
         for tokens in self.tokens:
@@ -624,10 +624,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "tokens": self.tokens,
-            "repeats": self.repeats,
-            "command": self.command,
-            "machine": self.machine,
+            **_report.fields(self, "tokens", "repeats", "command", "machine"),
             "compile": {
                 "enabled": self.compile.enabled,
                 "error": self.compile.error,
@@ -658,9 +655,7 @@ class Report:
                 }
                 for m in self.models
             ],
-            "goals": [
-                {"goal": g, "limit": limit, "measured": v, "met": met} for g, limit, v, met in self.verdicts()
-            ],
+            "goals": _report.goals_json(self.verdicts()),
         }
 
 
@@ -696,13 +691,7 @@ def render(report: Report) -> str:
         "",
         *_report.command_section(report.command),
         *_report.machine_section(report.machine),
-        "## Goals",
-        "",
-        *_report.markdown_table(
-            ["goal", "limit", "measured (medians)", "verdict"],
-            [[g, limit, v, "MET" if met else "MISSED"] for g, limit, v, met in report.verdicts()],
-        ),
-        "",
+        *_report.goals_section(report.verdicts()),
         "## Metric cost per call",
         "",
         compile_line,

@@ -35,12 +35,10 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -406,33 +404,6 @@ def run_scan_part(
 # ---------------------------------------------------------------------------------------- (c)
 
 
-def serve(root: Path, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    """``logprobe ui`` over ``root`` on a free port, once its health check answers (as the
-    dashboard tests start it)."""
-    port = _servers.free_port()
-    logprobe = str(Path(sys.executable).with_name("logprobe"))
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [logprobe, "ui", "--root", str(root), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"logprobe ui did not come up: {log_path.read_text()[-2000:]}")
-
-
 def open_runs_page(browser: Any, url: str, run_ids: Sequence[str], timeout_s: float) -> float:
     """Seconds from ``goto`` until the Runs page's table holds every run id, in a new context (a new
     Streamlit session)."""
@@ -475,7 +446,7 @@ def run_ui_part(
     build_s, rows = timed(lambda: sum(write_run(root, rid, i, steps, names) for i, rid in enumerate(run_ids)))
     print(f"built {rows:,} rows for the Runs page in {build_s:.1f} s", file=sys.stderr, flush=True)
     env = {**os.environ, "LOGPROBE_CACHE_DIR": str(cache)}
-    proc, url = serve(root, env, tmp / "ui-server.log")
+    proc, url = _servers.serve_ui(root, log=tmp / "ui-server.log", env=env)
     try:
         with _browser.chromium() as browser:
             cold = open_runs_page(browser, url, run_ids, timeout_s)

@@ -17,17 +17,17 @@ replay (worker start, one engine per variant, the trainer's pass, the variant ru
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import _report
+from bench import _demo_stores, _report
 from logprobe.app import replays
 from logprobe.collectors.demo import DEFAULT_STEPS, SCENARIOS
 from logprobe.collectors.demo._loop import supported
@@ -75,28 +75,6 @@ def judge(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
         "variants": len(report["variants"]) - 1,
         "seconds": seconds,
     }
-
-
-def generate(data: Path, seeds: Sequence[int], scenarios: Sequence[str], steps: int) -> list[str]:
-    notes = []
-    for seed in seeds:
-        root = data / f"vllm-s{seed}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "logprobe.collectors.demo",
-            *scenarios,
-            "--engine",
-            "vllm",
-            "--seed",
-            str(seed),
-        ]
-        cmd += ["--steps", str(steps), "--root", str(root)]
-        print(f"generating {root.name} ...", file=sys.stderr, flush=True)
-        with open(data / f"{root.name}.log", "w", encoding="utf-8") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-                notes.append(f"the vLLM demo of seed {seed} failed; see its log")
-    return notes
 
 
 def _changes(changes: dict[str, Any] | None) -> str:
@@ -157,7 +135,9 @@ def report(results: dict[int, dict[str, dict[str, Any]]], seconds: float, notes:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("replay", __doc__)
-    parser.add_argument("--data", type=Path, default=None, help="existing vLLM demo stores (vllm-sSEED)")
+    parser.add_argument(
+        "--data", type=_demo_stores.existing_dir, default=None, help="existing vLLM demo stores (vllm-sSEED)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--scenarios", nargs="+", choices=list(EXPECTED), default=None)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
@@ -169,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     notes: list[str] = []
     results: dict[int, dict[str, dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="logprobe-replay-") as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp)
-            notes += generate(data, args.seeds, scenarios, args.steps)
+    make = functools.partial(
+        _demo_stores.generate, engines=["vllm"], seeds=args.seeds, scenarios=scenarios, steps=args.steps
+    )
+    with _demo_stores.demo_data(args.data, make, "replay") as (data, made_notes):
+        notes += made_notes
         for seed in args.seeds:
             root = data / f"vllm-s{seed}"
             for name in scenarios:

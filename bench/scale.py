@@ -495,16 +495,9 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "runs": self.runs,
-            "steps": self.steps,
             "metrics": len(METRIC_NAMES),
-            "repeats": self.repeats,
-            "command": self.command,
-            "machine": self.machine,
-            "build_s": self.build_s,
-            "build_points": self.build_points,
-            "build_bytes": self.build_bytes,
-            "rows_checked": self.rows_checked,
+            **_report.fields(self, "runs", "steps", "repeats", "command", "machine"),
+            **_report.fields(self, "build_s", "build_points", "build_bytes", "rows_checked"),
             "steps_sweep": [
                 {**dataclasses.asdict(p), "bytes_per_million": p.bytes_per_million} for p in self.steps_sweep
             ],

@@ -429,10 +429,7 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "steps": self.steps,
-            "repeats": self.repeats,
-            "command": self.command,
-            "machine": self.machine,
+            **_report.fields(self, "steps", "repeats", "command", "machine"),
             "profiles": [
                 {
                     "name": r.profile.name,

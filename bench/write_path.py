@@ -249,7 +249,7 @@ class Report:
     def points(self) -> int:
         return self.steps * self.n_metrics
 
-    def verdicts(self) -> list[tuple[str, str, str, bool]]:
+    def verdicts(self) -> list[_report.Verdict]:
         """(target, limit, measured, met) for each of the issue's targets."""
         lp = self.logprobe
         return [
@@ -275,21 +275,14 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "steps": self.steps,
             "metrics": self.n_metrics,
-            "repeats": self.repeats,
-            "points": self.points,
-            "command": self.command,
-            "machine": self.machine,
+            **_report.fields(self, "steps", "repeats", "points", "command", "machine"),
             "timer_overhead": dataclasses.asdict(self.timer),
             "logprobe": dataclasses.asdict(self.logprobe),
             "floor": dataclasses.asdict(self.floor),
             "logprobe_runs": [dataclasses.asdict(r) for r in self.logprobe_runs],
             "floor_runs": [dataclasses.asdict(r) for r in self.floor_runs],
-            "targets": [
-                {"target": t, "limit": limit, "measured": m, "met": met}
-                for t, limit, m, met in self.verdicts()
-            ],
+            "goals": _report.goals_json(self.verdicts()),
         }
 
 
@@ -338,13 +331,7 @@ def render(report: Report) -> str:
         "",
         *_report.command_section(report.command),
         *_report.machine_section(report.machine),
-        "## Targets",
-        "",
-        *_report.markdown_table(
-            ["target", "limit", "measured (median)", "verdict"],
-            [[t, limit, m, "PASS" if met else "MISS"] for t, limit, m, met in report.verdicts()],
-        ),
-        "",
+        *_report.goals_section(report.verdicts(), measured="measured (median)"),
         "## Results (median of repeats)",
         "",
         *_report.markdown_table(

@@ -36,7 +36,7 @@ import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +87,10 @@ class Alert:
     cause: str | None = None  # the likely cause named when it fired (monitor's cause library)
 
     def row(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "ts": self.ts,
-            "rule": self.rule,
-            "metric": self.metric,
-            "severity": self.severity,
-            "value": self.value,
-            "threshold": self.threshold,
-            "state": self.state,
-            "message": self.message,
-            "cause": self.cause,
-        }
+        """The ``alerts`` table's columns: every field but ``run_id``, which is the partition."""
+        row = asdict(self)
+        del row["run_id"]
+        return row
 
 
 def default_rules() -> list[Rule]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 SEVERITIES = ("warn", "bad", "error")
@@ -27,15 +28,9 @@ class Finding:
         return (self.run_id, self.metric, self.detector, self.step_first)
 
     def row(self) -> dict[str, object]:
-        """The ``findings`` table's columns (``run_id`` is the partition)."""
-        return {
-            "metric": self.metric,
-            "detector": self.detector,
-            "severity": self.severity,
-            "step_first": self.step_first,
-            "step_last": self.step_last,
-            "step_detected": self.step_first if self.step_detected is None else self.step_detected,
-            "value": self.value,
-            "message": self.message,
-            "state": self.state,
-        }
+        """The ``findings`` table's columns: every field but ``run_id``, which is the partition."""
+        row = dataclasses.asdict(self)
+        del row["run_id"]
+        if self.step_detected is None:
+            row["step_detected"] = self.step_first
+        return row

@@ -9,6 +9,7 @@ that differs, measured on the engine itself rather than argued from signatures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import time
@@ -66,17 +67,9 @@ class Variant:
         return self.metrics.get("mismatch/abs_logp_diff_mean", math.nan)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "changes": self.changes,
-            "metrics": self.metrics,
-            "removed": self.removed,
-            "run_id": self.run_id,
-            "applied": self.applied,
-            "refused": self.refused,
-            "error": self.error,
-            "seconds": round(self.seconds, 2),
-        }
+        """The report's view of a variant: what was asked, applied and measured, not the logprobs."""
+        shown = ("name", "changes", "metrics", "removed", "run_id", "applied", "refused", "error")
+        return {**{name: getattr(self, name) for name in shown}, "seconds": round(self.seconds, 2)}
 
 
 @dataclass
@@ -88,13 +81,7 @@ class Verdict:
     message: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "changes": self.changes,
-            "level": self.level,
-            "reference_level": self.reference_level,
-            "reference": self.reference,
-            "message": self.message,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bench._browser import chromium
+from bench._servers import serve_ui
 from logprobe.app.dashboard import PAGES
 from logprobe.storage import Store, Writer
 from tests.conftest import run_python
@@ -40,39 +37,9 @@ KEY_ELEMENTS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(root: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    """``logprobe ui`` over ``root`` on a free port (its default bind address), once it answers."""
-    port = _free_port()
-    logprobe = str(Path(sys.executable).with_name("logprobe"))
-    proc = subprocess.Popen(
-        [logprobe, "ui", "--root", str(root), "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=cwd,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.read() == b"ok":
-                    return proc, url
-        except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    pytest.fail(f"logprobe ui did not come up: {proc.stdout.read()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def demo_server(demo_root: Path) -> Iterator[str]:
-    proc, url = _serve(demo_root)
+    proc, url = serve_ui(demo_root)
     yield url
     proc.terminate()
     proc.wait(10)
@@ -171,7 +138,7 @@ def test_live_run_updates_without_a_reload(tmp_path: Path, page: object) -> None
         writer.append("events", "live-run", {"kind": "run_start"})
         for step in range(20):
             writer.log_metrics("live-run", step, {"mismatch/k3": 1e-6, "reward/mean": step / 20})
-    proc, url = _serve(root)
+    proc, url = serve_ui(root)
     try:
         page.goto(f"{url}/metrics")
         page.get_by_text("live-run 19").first.wait_for(timeout=60_000)
@@ -201,7 +168,7 @@ def test_replay_starts_from_the_diagnosis_page_and_shows_its_verdict(
     pytest.importorskip("vllm", reason="the vLLM extra is not installed (requirements-vllm.txt)")
     root = tmp_path / "demo"  # a copy: the replay's runs must not join the session's demo store
     shutil.copytree(demo_root, root)
-    proc, url = _serve(root)
+    proc, url = serve_ui(root)
     try:
         page.goto(f"{url}/diagnosis?runs=demo-torch-raw-logprobs")
         page.get_by_role("button", name="Replay this run").click(timeout=60_000)

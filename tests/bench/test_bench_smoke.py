@@ -25,7 +25,7 @@ def test_write_path_benchmark_smoke(tmp_path: Path) -> None:
     )
     for needle in ("Run.log p50", "Run.log p99", f"read-back of {STEPS * METRICS:,} points"):
         assert needle in report
-    assert report.count("| PASS |") + report.count("| MISS |") == 3
+    assert report.count("| MET |") + report.count("| MISSED |") == 3
     assert "quoted, not measured here" in report
 
     assert result["points"] == STEPS * METRICS

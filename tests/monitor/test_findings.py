@@ -143,17 +143,8 @@ def test_findings_command_json(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
-    keys = [
-        "run_id",
-        "metric",
-        "detector",
-        "severity",
-        "step_first",
-        "step_last",
-        "step_detected",
-        "value",
-        "message",
-    ]
+    # The documented contract, written out rather than read from the CLI, so that a change to it fails.
+    keys = "run_id metric detector severity step_first step_last step_detected value message".split()  # noqa: SIM905
     assert all(list(r) == keys for r in rows)
     assert [(r["detector"], r["step_first"], r["severity"]) for r in rows] == [
         ("threshold", 20, "bad"),

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from bench._servers import serve_ui
 from logprobe import collectors, monitor, storage
 from logprobe.app.cli import main as cli_main
 from logprobe.storage import Store, Writer
@@ -455,13 +456,6 @@ def _hostile_store(root: Path) -> Path:
     return rules
 
 
-def _serve(root: Path, *args: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    # The browser tests' helper; imported here, since that module needs Playwright at import.
-    from tests.app.test_dashboard import _serve as serve
-
-    return serve(root, *args, cwd=cwd)
-
-
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("hostile")
@@ -472,7 +466,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def hostile_server(hostile: tuple[Path, Path]) -> Iterator[str]:
     root, rules = hostile
-    proc, url = _serve(root, "--rules", str(rules))
+    proc, url = serve_ui(root, "--rules", str(rules))
     yield url
     proc.terminate()
     proc.wait(10)
@@ -986,7 +980,7 @@ def _other_addresses() -> set[str]:
 
 
 def test_the_dashboard_listens_on_loopback_only(tmp_path: Path, figures: Callable[..., None]) -> None:
-    proc, url = _serve(tmp_path / "root")  # `logprobe ui` with its default --host
+    proc, url = serve_ui(tmp_path / "root")  # `logprobe ui` with its default --host
     port = int(url.rsplit(":", 1)[1])
     try:
         assert _listening(port) == {"127.0.0.1"}, _listening(port)
@@ -1020,7 +1014,7 @@ def test_an_auth_section_puts_every_page_behind_sign_in(
         'client_secret = "not-a-secret"\n'
         'server_metadata_url = "http://127.0.0.1:9/.well-known/openid-configuration"\n'
     )
-    proc, url = _serve(root, cwd=tmp_path)
+    proc, url = serve_ui(root, cwd=tmp_path)
     page = browser.new_page()
     try:
         for name in PAGES:

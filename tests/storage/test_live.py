@@ -45,12 +45,19 @@ def test_late_rows_for_old_steps_are_not_missed(tmp_path: Path) -> None:
     assert [b["x"] for b in series] == sorted(b["x"] for b in series)
 
 
-def test_compaction_forces_a_clean_reload_without_double_counting(tmp_path: Path) -> None:
-    _log(tmp_path, range(50))
-    _log(tmp_path, range(50, 80))
-    store = Store(tmp_path)
+def _two_files_charted(root: Path, split: int, end: int, store: Store) -> LiveSeries:
+    """Two flushes (steps below ``split``, then up to ``end``) and a chart of both metrics loaded
+    over them: the state a refresh after a compaction starts from."""
+    _log(root, range(split))
+    _log(root, range(split, end))
     live = LiveSeries(["r"], ["a", "b"], max_points=1000)
     live.update(store)
+    return live
+
+
+def test_compaction_forces_a_clean_reload_without_double_counting(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    live = _two_files_charted(tmp_path, 50, 80, store)
     storage.compact(tmp_path)
     assert live.update(store) and live.full_loads == 2
     _same_as_a_full_query(live, store, ["a", "b"])
@@ -83,11 +90,8 @@ def _same_as_a_full_query(live: LiveSeries, store: Store, names: list[str]) -> N
 
 
 def test_compactions_between_listing_and_query_never_reach_the_chart(tmp_path: Path) -> None:
-    _log(tmp_path, range(20))
-    _log(tmp_path, range(20, 40))
     store = CompactingStore(tmp_path)
-    live = LiveSeries(["r"], ["a", "b"], max_points=1000)
-    live.update(store)
+    live = _two_files_charted(tmp_path, 20, 40, store)
     for round_ in range(6):
         start = 40 + 30 * round_
         _log(tmp_path, range(start, start + 15))
