@@ -50,14 +50,17 @@ def _check_run_ids(ctx: click.Context, param: click.Parameter, value: Any) -> An
     return value
 
 
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+def format_option(*choices: str) -> Any:
+    """``--format``, as ``fmt``: one of ``choices`` (default: the query formats), the first by default."""
+    choices = choices or FORMATS
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help="Output format.",
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,7 +74,7 @@ def main() -> None:
 
 @main.command()
 @root_option
-@format_option
+@format_option()
 @click.option(
     "--stale-after",
     default=300.0,
@@ -91,7 +94,7 @@ def runs(root: str, fmt: str, stale_after: float) -> None:
 @main.command()
 @click.argument("sql")
 @root_option
-@format_option
+@format_option()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
@@ -359,7 +362,7 @@ def _demo_child(*args: str) -> subprocess.CompletedProcess[str]:
     callback=_check_run_ids,
     help="Only these runs (repeatable). Default: all.",
 )
-@format_option
+@format_option()
 def correlate(root: str, metric: str, run_ids: tuple[str, ...], fmt: str) -> None:
     """Rank engine flags and versions by how strongly they separate a metric across runs.
 
@@ -401,7 +404,7 @@ def correlate(root: str, metric: str, run_ids: tuple[str, ...], fmt: str) -> Non
     metavar="METRIC=VALUE",
     help="How much worse than the reference a metric may be per step (repeatable).",
 )
-@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@format_option("md", "html")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the report here instead of stdout.")
 def parity(
     root: str,
@@ -495,10 +498,18 @@ def _import(run: Callable[[], Any], what: str) -> None:
         click.echo(run_id)
 
 
-@import_.command("tensorboard")
-@click.argument("logdir", type=click.Path(exists=True, file_okay=False))
-@root_option
-@click.option("--prefix", default="tb", show_default=True, help="Run ids become PREFIX-<subdir>.")
+def _tracker_import(name: str, source: str, kind: click.ParamType | None, prefix: str, ids: str) -> Any:
+    """What every tracker's importer takes: ``logprobe import NAME SOURCE [--root R] [--prefix P]``,
+    where run ids become ``ids`` (spelled with PREFIX)."""
+
+    def command(fn: Callable[..., None]) -> Any:
+        fn = click.option("--prefix", default=prefix, show_default=True, help=f"Run ids become {ids}.")(fn)
+        return import_.command(name)(click.argument(source, type=kind)(root_option(fn)))
+
+    return command
+
+
+@_tracker_import("tensorboard", "logdir", click.Path(exists=True, file_okay=False), "tb", "PREFIX-<subdir>")
 def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
     """Event files under LOGDIR (one run per directory holding them)."""
     from logprobe.storage.importers import import_tensorboard as run_import
@@ -506,11 +517,8 @@ def import_tensorboard(logdir: str, root: str, prefix: str) -> None:
     _import(lambda: run_import(logdir, root, prefix=prefix), logdir)
 
 
-@import_.command("mlflow")
-@click.argument("tracking_uri")
-@root_option
+@_tracker_import("mlflow", "tracking_uri", None, "mlflow", "PREFIX-<run id>")
 @click.option("--experiment", "experiments", multiple=True, help="Only these experiments (repeatable).")
-@click.option("--prefix", default="mlflow", show_default=True, help="Run ids become PREFIX-<run id>.")
 def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], prefix: str) -> None:
     """Every run of an MLflow tracking store (sqlite:///..., a directory, or a server URL)."""
     from logprobe.storage.importers import import_mlflow as run_import
@@ -521,10 +529,9 @@ def import_mlflow(tracking_uri: str, root: str, experiments: tuple[str, ...], pr
     )
 
 
-@import_.command("trackio")
-@click.argument("project_db", type=click.Path(exists=True, dir_okay=False))
-@root_option
-@click.option("--prefix", default="trackio", show_default=True, help="Run ids become PREFIX-<run name>.")
+@_tracker_import(
+    "trackio", "project_db", click.Path(exists=True, dir_okay=False), "trackio", "PREFIX-<run name>"
+)
 def import_trackio(project_db: str, root: str, prefix: str) -> None:
     """A Trackio project's SQLite file (~/.cache/huggingface/trackio/<project>.db)."""
     from logprobe.storage.importers import import_trackio as run_import
@@ -532,12 +539,7 @@ def import_trackio(project_db: str, root: str, prefix: str) -> None:
     _import(lambda: run_import(project_db, root, prefix=prefix), project_db)
 
 
-@import_.command("wandb")
-@click.argument("directory", type=click.Path(exists=True))
-@root_option
-@click.option(
-    "--prefix", default="wandb", show_default=True, help="Run ids become PREFIX-<project>-<run id>."
-)
+@_tracker_import("wandb", "directory", click.Path(exists=True), "wandb", "PREFIX-<project>-<run id>")
 def import_wandb(directory: str, root: str, prefix: str) -> None:
     """W&B runs: a wandb/ folder, one offline-run-* or run-* folder, or its run-<id>.wandb file."""
     from logprobe.storage.importers import import_wandb as run_import
@@ -613,14 +615,7 @@ def alerts_watch(root: str, rules: str | None, interval: float, once: bool) -> N
 @click.option(
     "--run", "run_ids", multiple=True, callback=_check_run_ids, help="This run (repeatable; default: all)."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("table", "json")
 def findings(root: str, run_ids: tuple[str, ...], fmt: str) -> None:
     """What the monitor found per run: kept by a watcher or inline alerts, else scanned once and
     kept (only new files are read next time). JSON is a list of objects with run_id, metric,
@@ -644,14 +639,7 @@ def findings(root: str, run_ids: tuple[str, ...], fmt: str) -> None:
 @root_option
 @click.option("--run", "run_id", required=True, help="The run to diagnose.")
 @click.option("--reference", default=None, help="Judge against this run (default: the one the run recorded).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("md", "json")),
-    default="md",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("md", "json")
 def diagnose(root: str, run_id: str, reference: str | None, fmt: str) -> None:
     """Name the causes of a run's mismatch, with the evidence and the fix. JSON is a list ranked by
     confidence of objects with cause, confidence, step_first, evidence, fix (and title, steps);
@@ -687,14 +675,7 @@ def diagnose(root: str, run_id: str, reference: str | None, fmt: str) -> None:
     "--reference-python", default=None, help="Interpreter for the reference run's engine (another release)."
 )
 @click.option("--no-write", is_flag=True, help="Do not store the variants as runs.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("md", "json")),
-    default="md",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("md", "json")
 def replay(
     root: str,
     run_id: str,
@@ -768,7 +749,7 @@ FINDING_SCHEMA = pa.schema(
 
 @alerts.command("list")
 @root_option
-@format_option
+@format_option()
 @click.option("--run", "run_ids", multiple=True, callback=_check_run_ids, help="Only this run (repeatable).")
 def alerts_list(root: str, fmt: str, run_ids: tuple[str, ...]) -> None:
     """The alerts recorded so far, newest first."""

@@ -17,15 +17,17 @@ import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
 import logprobe
+
+T = TypeVar("T")
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -147,6 +149,25 @@ def positive_int(text: str) -> int:
     return value
 
 
+def comma_list(item: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
+    """An argparse type for a comma-separated list such as ``1000,16000``, each part read by
+    ``item`` (which raises ``ValueError`` or ``ArgumentTypeError`` on a bad part); an empty list
+    or a bad part is a usage error that names ``what`` was expected."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} separated by commas, got {text!r}: {exc}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {text!r}")
+        return values
+
+    return parse
+
+
 def benchmark_parser(name: str, doc: str) -> argparse.ArgumentParser:
     """The command line every benchmark starts from: ``python -m bench.<name>``, described by the
     first line of its docstring, with ``--out`` (the Markdown report, by default
@@ -168,6 +189,19 @@ def add_count(parser: argparse.ArgumentParser, flag: str, default: int, what: st
     ``what`` it counts and the default a plain run uses, so a reader of ``--help`` can tell the
     sizes of the committed report."""
     parser.add_argument(flag, type=positive_int, default=default, help=f"{what} (default %(default)s)")
+
+
+def add_list(
+    parser: argparse.ArgumentParser, flag: str, item: Callable[[str], Any], default: Sequence[Any], what: str
+) -> None:
+    """A comma-separated option (sizes to sweep, models to time), each part read by ``item``; its
+    help says ``what`` the parts are and the default a plain run uses, as ``add_count`` does."""
+    parser.add_argument(
+        flag,
+        type=comma_list(item, what),
+        default=list(default),
+        help=f"{what}, comma-separated (default {','.join(map(str, default))})",
+    )
 
 
 def parse_command(

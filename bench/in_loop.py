@@ -873,10 +873,6 @@ def run_benchmark(
     return Report(list(tokens), repeats, command, machine, info, timings, agreements, model_timings)
 
 
-def _token_list(text: str) -> list[int]:
-    return [_report.positive_int(part) for part in text.split(",") if part.strip()]
-
-
 def _batch_shape(text: str) -> tuple[int, int]:
     try:
         batch, seq_len = (_report.positive_int(part) for part in text.lower().split("x"))
@@ -887,29 +883,17 @@ def _batch_shape(text: str) -> tuple[int, int]:
     return batch, seq_len
 
 
-def _model_list(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = sorted(set(names) - set(MODEL_BATCH))
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {sorted(MODEL_BATCH)}")
-    return names
+def _model(name: str) -> str:
+    if name not in MODEL_BATCH:
+        raise argparse.ArgumentTypeError(f"unknown model {name!r}; choose from {sorted(MODEL_BATCH)}")
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("in_loop", __doc__)
-    parser.add_argument(
-        "--tokens",
-        type=_token_list,
-        default=list(DEFAULT_TOKENS),
-        help="padded positions per batch, comma separated (default 1000000,16000000)",
-    )
+    _report.add_list(parser, "--tokens", _report.positive_int, DEFAULT_TOKENS, "padded positions per batch")
     _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed calls per contender")
-    parser.add_argument(
-        "--model-sizes",
-        type=_model_list,
-        default=list(DEFAULT_MODELS),
-        help="models to time (default tiny,medium)",
-    )
+    _report.add_list(parser, "--model-sizes", _model, DEFAULT_MODELS, "models to time")
     parser.add_argument("--skip-models", action="store_true", help="skip the forward-pass comparison")
     parser.add_argument(
         "--model-batch",

@@ -363,25 +363,17 @@ def to_json(
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def _intervals(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from exc
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"flush intervals must be positive seconds, got {text!r}")
-    return values
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"a flush interval must be positive seconds, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("live_latency", __doc__)
     _report.add_count(parser, "--steps", DEFAULT_STEPS, "steps logged per run")
-    parser.add_argument(
-        "--flush-intervals",
-        type=_intervals,
-        default=list(DEFAULT_FLUSH_INTERVALS),
-        help="writer flush intervals in seconds, comma-separated (default 1.0,0.1)",
-    )
+    _report.add_list(parser, "--flush-intervals", _seconds, DEFAULT_FLUSH_INTERVALS, "flush intervals (s)")
     parser.add_argument(
         "--poll-ms", type=float, default=DEFAULT_POLL_MS, help="watchers' poll period (default %(default)s)"
     )

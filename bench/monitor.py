@@ -29,7 +29,6 @@ Run it from the repository root:
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -703,24 +702,9 @@ def to_json(result: dict) -> dict:
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def size_list(text: str) -> list[int]:
-    try:
-        sizes = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"need positive step counts, got {text!r}")
-    return sorted(set(sizes))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _report.benchmark_parser("monitor", __doc__)
-    parser.add_argument(
-        "--steps",
-        type=size_list,
-        default=list(DEFAULT_STEPS),
-        help="run lengths for the full scan and ticks, comma-separated (default 10000,100000,1000000)",
-    )
+    _report.add_list(parser, "--steps", _report.positive_int, DEFAULT_STEPS, "run lengths to scan and tick")
     _report.add_count(parser, "--metrics", DEFAULT_METRICS, "metrics per step")
     _report.add_count(parser, "--repeats", DEFAULT_REPEATS, "timed repeats")
     _report.add_count(parser, "--ticks", DEFAULT_TICKS, "timed ticks")
@@ -736,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tmp", type=Path, default=None, help="where to build the stores (default: a new temp dir)"
     )
     args, command = _report.parse_command(parser, argv)
-
+    args.steps = sorted(set(args.steps))
     names = metric_names(args.metrics)
     result: dict[str, Any] = {
         "command": command,

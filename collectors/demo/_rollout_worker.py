@@ -21,11 +21,12 @@ Requests (every reply carries ``ok``, and ``error`` when it is false):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import traceback
+from collections.abc import Callable
 from typing import Any
+
+from logprobe.collectors.replay.worker import serve
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core in this process
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -147,30 +148,16 @@ class RolloutWorker:
 
 def main() -> int:
     worker = RolloutWorker()
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # vLLM and the C++ it loads print to fd 1: keep the protocol channel clean
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op = request.pop("op")
-            if op == "exit":
-                worker.close()
-                out.write(json.dumps({"ok": True}) + "\n")
-                out.flush()
-                return 0
-            if op.startswith("_") or not callable(getattr(worker, op, None)):
-                raise ValueError(f"unknown op {op!r}")
-            reply = {"ok": True, **getattr(worker, op)(**request)}
-        except Exception as exc:
-            traceback.print_exc()
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
-    worker.close()
-    return 0
+
+    def handler_for(op: str) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        if op == "exit":
+            return lambda request: {}
+        method = None if op.startswith("_") else getattr(worker, op, None)
+        if not callable(method):
+            return None
+        return lambda request: method(**{k: v for k, v in request.items() if k != "op"})
+
+    return serve(handler_for, worker.close)
 
 
 if __name__ == "__main__":

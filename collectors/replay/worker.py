@@ -57,35 +57,54 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 PROTOCOL = 1
 
 
-def main() -> int:
+Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+def serve(handler_for: Callable[[str], Handler | None], close: Callable[[], None]) -> int:
+    """Answer the protocol's requests, one JSON line each way, until ``exit`` or the end of stdin;
+    then ``close()``. ``handler_for(op)`` is the function for an op (None: unknown), called with
+    the whole request. One bad request is answered with ``ok: false``, never fatal. Also serves the
+    demo's rollout worker, which speaks the same framing with its own ops.
+
+    File descriptor 1 is kept for replies and pointed at stderr for everything else: vLLM and the
+    C++ it loads print to fd 1, which would corrupt the channel."""
     replies = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # vLLM and everything it imports print to fd 1; keep the protocol channel clean
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            op = None
+            try:
+                request = json.loads(line)
+                op = request.get("op")
+                handler = handler_for(op) if isinstance(op, str) else None
+                if handler is None:
+                    raise ValueError(f"unknown op {op!r}")
+                reply = {"ok": True, **(handler(request) or {})}
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            replies.write(json.dumps(reply) + "\n")
+            if op == "exit":
+                break
+    finally:
+        close()
+    return 0
+
+
+def main() -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     worker = Worker()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            op = request.get("op")
-            handler = getattr(worker, f"op_{op}", None) if isinstance(op, str) else None
-            if handler is None:
-                raise ValueError(f"unknown op {op!r}")
-            reply = {"ok": True, **(handler(request) or {})}
-        except Exception as exc:  # one bad request is answered, not fatal
-            traceback.print_exc(file=sys.stderr)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        replies.write(json.dumps(reply) + "\n")
-        if request.get("op") == "exit":
-            break
-    worker.op_stop({})
-    return 0
+    return serve(lambda op: getattr(worker, f"op_{op}", None), lambda: worker.op_stop({}))
 
 
 class Worker:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import logprobe.collectors.vllm as lpv
-from logprobe import collectors
+from logprobe import collectors, storage
 from logprobe.collectors.tiny_model import build_tiny_model
 from logprobe.storage import Store
 
@@ -261,12 +261,8 @@ def test_weight_update_without_prefix_cache_reset_is_caught(
     assert gaps["no_reset"] > 5 * gaps["reset"], gaps
 
     store = Store(tmp_path)
-    updates = [
-        json.loads(p)
-        for p in store.sql("SELECT payload FROM events WHERE kind = 'weight_update' ORDER BY ts")
-        .column(0)
-        .to_pylist()
-    ]
+    payloads = storage.events(store, ["inflight"], ["weight_update"]).column("payload").to_pylist()
+    updates = [json.loads(p) for p in payloads]
     assert [(u["weight_version"], u["prefix_cache_reset"], u["resolved_by"]) for u in updates] == [
         (1, False, "generate"),
         (2, True, "reset_prefix_cache"),
@@ -345,38 +341,6 @@ def test_model_load_weights_colocate_path(tmp_path: Path, engine_processed: Any,
             watcher.close()
     payloads = Store(tmp_path).sql("SELECT payload FROM events WHERE kind = 'weight_update'").column(0)
     assert [json.loads(p)["method"] for p in payloads.to_pylist()] == ["load_weights"]
-
-
-# Runs after every test that uses the shared engines: shutting its engine down (at the end of the
-# test) tears down the in-process distributed state those engines rely on.
-def test_stat_logger_records_engine_stats(tmp_path: Path, model_dir: Path) -> None:
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.v1.engine.llm_engine import LLMEngine
-
-    with collectors.init(run_id="stats", root=tmp_path, source="rollout") as run:
-        args = EngineArgs(
-            model=str(model_dir),
-            dtype="bfloat16",
-            max_model_len=512,
-            enforce_eager=True,
-            distributed_executor_backend="uni",
-            disable_log_stats=False,
-            enable_prefix_caching=True,
-        )
-        engine = LLMEngine.from_engine_args(args, stat_loggers=[lpv.stat_logger(run, interval_s=0.0)])
-        prompt = {"prompt_token_ids": list(range(3, 203))}
-        for i in range(4):
-            engine.add_request(f"r{i}", prompt, vllm.SamplingParams(max_tokens=8))
-        while engine.has_unfinished_requests():
-            engine.step()
-    rows = (
-        Store(tmp_path)
-        .sql("SELECT name, sum(value) AS v FROM metrics WHERE name LIKE 'engine/%' GROUP BY name")
-        .to_pylist()
-    )
-    got = {r["name"]: r["v"] for r in rows}
-    assert got["engine/generation_tokens"] == 4 * 8
-    assert got["engine/prefix_cache_queries"] > 0 and "engine/kv_cache_usage" in got
 
 
 def test_the_module_stays_within_its_time_budget() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from logprobe.storage import Store
 from logprobe.storage.importers import import_mlflow, import_tensorboard, import_trackio
-from tests.conftest import LOGPROBE, run_python
+from tests.conftest import LOGPROBE, logprobe_cli, run_python
 
 STEPS = 25
 
@@ -126,13 +126,7 @@ def test_import_cli_and_clear_errors(tmp_path: Path) -> None:
     writer.add_scalar("reward", 0.5, 3)
     writer.close()
     root = tmp_path / "store"
-    proc = subprocess.run(
-        [LOGPROBE, "import", "tensorboard", str(tmp_path / "tb"), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = logprobe_cli("import", "tensorboard", tmp_path / "tb", "--root", root, timeout=120)
     assert proc.stdout.split() == ["tb-only"] and "imported 1 run(s), 1 points" in proc.stderr
     assert _stored(root, "tb-only") == {(3, "reward/mean"): 0.5}
     (tmp_path / "empty").mkdir()

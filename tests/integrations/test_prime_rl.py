@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from logprobe.storage import Store
-from tests.conftest import LOGPROBE
+from tests.conftest import LOGPROBE, logprobe_cli
 
 torch = pytest.importorskip("torch")
 STEPS, PER_RANK, RANKS, PROMPT, RESPONSE = 3, 4, 2, 10, 12
@@ -102,13 +102,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("prime-rl")
     written = _export(tmp)
     root = tmp / "store"
-    proc = subprocess.run(
-        [LOGPROBE, "import", "prime-rl", str(tmp / "run-a"), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = logprobe_cli("import", "prime-rl", tmp / "run-a", "--root", root, timeout=300)
     assert proc.stdout.strip() == "prime-rl-run-a"
     assert f"still being written (no STABLE): [{STEPS}]" in " ".join(proc.stderr.split())  # rich wraps
     return {"root": root, "written": written}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from logprobe.storage import Store
-from tests.conftest import LOGPROBE, run_python
+from tests.conftest import LOGPROBE, logprobe_cli, run_python
 
 pytest.importorskip("wandb", reason="wandb is a test extra (requirements-bench.txt)")
 STEPS = 12
@@ -83,13 +83,7 @@ def test_the_tap_mirrors_every_log_call_exactly(logged: dict) -> None:
 
 def test_import_reads_the_run_folder_wandb_wrote(logged: dict, tmp_path: Path) -> None:
     root = tmp_path / "imported"
-    proc = subprocess.run(
-        [LOGPROBE, "import", "wandb", str(logged["tmp"] / "wandb"), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = logprobe_cli("import", "wandb", logged["tmp"] / "wandb", "--root", root, timeout=120)
     assert "skipped" in proc.stderr  # the strings, counted
     run_id, got = _stored(root)
     assert got == _expected(logged["values"])
