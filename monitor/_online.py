@@ -25,7 +25,8 @@ from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS, Threshold
 
 # 2: the detectors' calibration changed (CUSUM scale and offset, the spike's Pareto tail), so a scan
 # kept under version 1 is not resumed but done again with the new detectors.
-STATE_VERSION = 2
+# 3: the CUSUM takes a heavy innovation's echoes off (two more numbers of state per detector).
+STATE_VERSION = 3
 
 
 @dataclass(frozen=True)

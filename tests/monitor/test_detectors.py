@@ -88,6 +88,22 @@ def test_step_change_delay(seed: int) -> None:
     assert shift.step_first >= 590
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_one_heavy_innovation_and_its_echoes_are_no_shift(seed: int) -> None:
+    """AR(1) noise with one innovation of 20 sigmas (what Student-t noise draws now and then): the
+    point and its echoes (half as large, a quarter, ...) passed CUSUM's limit and the median gate
+    before the echoes were taken off the sum. A jump as high that stays is still found as fast."""
+    noise = np.random.default_rng(seed).normal(size=2000) * math.sqrt(1 - 0.25)
+    heavy = noise.copy()
+    heavy[1000] = 20.0
+    values = 3e-3 * np.exp(0.25 * lfilter([1.0], [1.0, -0.5], heavy))
+    assert _by(monitor.detect("r", "mismatch/abs_logp_diff_mean", np.arange(2000), values), "shift") == []
+    step = 3e-3 * np.exp(0.25 * lfilter([1.0], [1.0, -0.5], noise))
+    step[1000:] *= math.exp(0.25 * 20.0)
+    (shift,) = _by(monitor.detect("r", "mismatch/abs_logp_diff_mean", np.arange(2000), step), "shift")
+    assert 1000 <= shift.step_detected <= 1003
+
+
 def test_reference_catches_a_raised_floor_from_the_first_steps() -> None:
     """A bf16 head: |dlogp| 4x the reference's from step 0, far under every absolute threshold."""
     ref = Reference.of_series(
