@@ -3,7 +3,10 @@
 A file enters the catalog only if its footer reads: a truncated or foreign file is listed in
 ``bad_files`` with the reason and left out, so one damaged file never takes the store down. Footers
 are cached by (path, size, mtime) since committed files never change, which keeps a live refresh to
-one directory listing plus the footers of new files.
+one directory listing plus the footers of new files. The cache is shared by every catalog over the
+same root in this process: the dashboard opens a Store per browser session, and a new session (a
+new tab, a reload) then reads no footer that an earlier one has read (170 ms of a Runs page over
+10 runs of 100,000 steps).
 
 A footer must also pass DuckDB's own footer reader and match the table's column types: pyarrow
 accepts some damaged footers that DuckDB refuses (which would fail every view over the table) or
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +64,28 @@ class Snapshot:
         return [str(f.path) for f in self.files.get(table, [])]
 
 
+Footers = dict[Path, tuple[int, int, "FileInfo | str"]]  # path -> (size, mtime_ns, info or why bad)
+SHARED_ROOTS = 8  # the roots whose footers stay cached, the most recently opened
+_shared: OrderedDict[str, Footers] = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def _footers_of(real_root: str) -> Footers:
+    """The footer cache of one root, shared by its catalogs; the least recent root's is dropped
+    past :data:`SHARED_ROOTS` (a test suite opens thousands of roots in one process)."""
+    with _shared_lock:
+        footers = _shared.pop(real_root, None)
+        _shared[real_root] = footers = {} if footers is None else footers
+        while len(_shared) > SHARED_ROOTS:
+            _shared.popitem(last=False)
+        return footers
+
+
 class Catalog:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._real_root = os.path.realpath(root)
-        self._footers: dict[Path, tuple[int, int, FileInfo | str]] = {}
+        self._footers = _footers_of(self._real_root)
         self._con: duckdb.DuckDBPyConnection | None = None  # for footers, opened on first use
 
     def scan(self, tables: tuple[str, ...] = TABLES, run_ids: set[str] | None = None) -> Snapshot:
@@ -75,10 +97,13 @@ class Catalog:
             for partition in partitions(table_dir, run_ids):
                 infos.extend(self._partition_files(partition, snap, seen))
             snap.files[table] = infos
-        # Forget footers of files that are gone (compacted away or deleted).
+        # Forget footers of files that are gone (compacted away or deleted). Not merely unseen: a
+        # catalog sharing the cache may have read a file that appeared after this listing.
         for path in list(self._footers):
-            if path not in seen and (run_ids is None or run_of_file(path) in run_ids):
-                del self._footers[path]
+            if path in seen or path.parent.parent.name not in tables:
+                continue
+            if (run_ids is None or run_of_file(path) in run_ids) and not path.exists():
+                self._footers.pop(path, None)
         return snap
 
     def inside(self, path: str | os.PathLike[str]) -> bool:

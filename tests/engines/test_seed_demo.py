@@ -123,9 +123,10 @@ def test_the_dashboard_shows_v1_diverging_from_v0(seed_root: Path, tmp_path: Pat
     (the README's seed screenshots: ``make screenshots``)."""
     pytest.importorskip("playwright.sync_api", reason="Playwright is a test extra (requirements-test.txt)")
     from bench._browser import chromium
-    from tests.app.test_dashboard import EXCEPTION, _screenshot, _serve
+    from bench._servers import serve_ui
+    from tests.app.test_dashboard import EXCEPTION, _screenshot
 
-    proc, url = _serve(seed_root)
+    proc, url = serve_ui(seed_root)
     try:
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1500, "height": 1100})

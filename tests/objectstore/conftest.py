@@ -8,7 +8,6 @@ would on AWS.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from bench._servers import free_port
 from tests.app.test_dashboard import browser  # noqa: F401  (the browser tests' Chromium, a fixture)
 
 boto3 = pytest.importorskip("boto3", reason="the S3 tests need the test extras (moto[server], boto3)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -20,9 +20,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from bench._servers import serve_ui
 from logprobe import monitor, storage
 from logprobe.storage import Store, Writer
-from tests.app.test_dashboard import EXCEPTION, _serve
+from tests.app.test_dashboard import EXCEPTION
 from tests.conftest import LOGPROBE, REPO
 from tests.monitor.test_alerts import WRITER as ALERT_WRITER
 from tests.objectstore.conftest import child_env
@@ -152,7 +153,7 @@ def test_the_dashboard_follows_a_live_run_in_the_bucket(
         writer.append("events", "s3-run", {"kind": "run_start"})
         for step in range(20):
             writer.log_metrics("s3-run", step, {"mismatch/k3": 1e-6, "reward/mean": step / 20})
-    proc, url = _serve(s3_root)  # type: ignore[arg-type]  # the CLI takes the URI as --root
+    proc, url = serve_ui(s3_root)  # type: ignore[arg-type]  # the CLI takes the URI as --root
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     try:
         page.goto(f"{url}/metrics")

@@ -289,3 +289,35 @@ def test_one_store_serves_several_threads(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(120)
     assert not errors, errors[:3]
+
+
+def test_a_second_store_over_a_root_reads_only_footers_no_store_has_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard opens a Store per browser session: a new session must not read every footer
+    again (the catalog's cache is shared per root), yet must see new files and forget gone ones."""
+    from logprobe.storage import _catalog
+
+    for run_id in ("a", "b", "c"):
+        _write_run(tmp_path, run_id, 5, ["m"])
+    Store(tmp_path).close()
+    read: list[str] = []
+    real = _catalog.pq.read_metadata
+    monkeypatch.setattr(
+        _catalog.pq, "read_metadata", lambda path, *a, **kw: read.append(path) or real(path, *a, **kw)
+    )
+    with Store(tmp_path) as store:
+        assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 15
+    assert read == []
+    _write_run(tmp_path, "d", 2, ["m"])
+    with Store(tmp_path) as store:
+        assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 17
+    assert {Path(p).parent.name for p in read} == {"run_id=d"}  # only the new run's files
+    storage.compact(tmp_path)
+    with Store(tmp_path) as store:
+        assert store.sql("SELECT count(*) FROM metrics")[0][0].as_py() == 17
+        live = {Path(p) for table in storage.TABLES for p in store.files(table)}
+    cached = {
+        p for p in _catalog._footers_of(os.path.realpath(tmp_path)) if p.parent.parent.parent == tmp_path
+    }
+    assert cached == live  # the compacted-away files' footers are forgotten
