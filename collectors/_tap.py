@@ -108,18 +108,12 @@ def tap_wandb(
             log.debug("logprobe: wandb tap failed: %s", exc)
         return result
 
-    @functools.wraps(original_finish)
-    def tapped_finish(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original_finish(self, *args, **kwargs)
-        finally:
-            mirror = mirrors.pop(id(self), None)
-            if mirror is not None and mirror.owned:
-                try:
-                    mirror.run.close()
-                except Exception as exc:
-                    log.debug("logprobe: closing the tapped run failed: %s", exc)
+    def close_mirror(wb: Any) -> None:
+        mirror = mirrors.pop(id(wb), None)
+        if mirror is not None and mirror.owned:
+            mirror.run.close()
 
+    tapped_finish = _closing_with(original_finish, close_mirror)
     tapped_log._logprobe_tap = True  # type: ignore[attr-defined]
     WandbRun.log, WandbRun.finish = tapped_log, tapped_finish
 
@@ -183,6 +177,11 @@ def tap_tensorboard(
         except Exception as exc:  # the user's training loop comes first
             log.debug("logprobe: tensorboard tap failed: %s", exc)
 
+    def close_opened(writer: Any) -> None:
+        opened = mirrors.pop(id(writer), None)
+        if opened is not None and run is None:
+            opened.close()
+
     def tap(cls: type) -> None:
         add_scalar, add_scalars, close = originals[cls]
 
@@ -200,18 +199,7 @@ def tap_tensorboard(
             mirror(self, {f"{main_tag}/{k}": v for k, v in dict(tag_scalar_dict).items()}, global_step)
             return result
 
-        @functools.wraps(close)
-        def tapped_close(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return close(self, *args, **kwargs)
-            finally:
-                opened = mirrors.pop(id(self), None)
-                if opened is not None and run is None:
-                    try:
-                        opened.close()
-                    except Exception as exc:
-                        log.debug("logprobe: closing the tapped run failed: %s", exc)
-
+        tapped_close = _closing_with(close, close_opened)
         tapped_add_scalar._logprobe_tap = True  # type: ignore[attr-defined]
         cls.add_scalar, cls.add_scalars, cls.close = tapped_add_scalar, tapped_add_scalars, tapped_close
 
@@ -266,3 +254,20 @@ def _numbers(data: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         if isinstance(value, numbers.Real):  # NaN and inf too: the run counts them, as it does its own
             out[name] = float(value)
     return out
+
+
+def _closing_with(original: Callable[..., Any], close_mirror: Callable[[Any], None]) -> Callable[..., Any]:
+    """A tracker's own ``finish``/``close``, then ``close_mirror(tracker)``: the logprobe run the tap
+    opened for it is closed with it. A failure there is logged, never raised into the user's loop."""
+
+    @functools.wraps(original)
+    def tapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            try:
+                close_mirror(self)
+            except Exception as exc:
+                log.debug("logprobe: closing the tapped run failed: %s", exc)
+
+    return tapped
