@@ -45,15 +45,33 @@ def serve_ui(
     given) rather than a pipe nobody drains; if it never answers, the error carries the log's tail."""
     port = free_port()
     logprobe = str(Path(sys.executable).with_name("logprobe"))
+    command = [logprobe, "ui", "--root", str(root), "--port", str(port), *args]
+    return _serve_streamlit(command, port, log, env, cwd, timeout_s)
+
+
+def serve_floor_page(runs: int, log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """``bench/_floor_page.py`` (one table of ``runs`` run ids) with the flags ``logprobe ui`` gives
+    Streamlit, on a free port: the floor the Runs page is compared with."""
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).with_name("_floor_page.py"))]
+    command += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port)]
+    command += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", str(runs)]
+    return _serve_streamlit(command, port, log, None, None, 90)
+
+
+def _serve_streamlit(
+    command: list[str],
+    port: int,
+    log: Path | None,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    timeout_s: float,
+) -> tuple[subprocess.Popen, str]:
     if log is None:
         log = Path(tempfile.mkstemp(prefix="logprobe-ui-", suffix=".log")[1])
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [logprobe, "ui", "--root", str(root), "--port", str(port), *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=None if env is None else dict(env),
-            cwd=cwd,
+            command, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else dict(env), cwd=cwd
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
@@ -66,4 +84,4 @@ def serve_ui(
             time.sleep(0.3)
     proc.kill()
     proc.wait()
-    raise RuntimeError(f"logprobe ui did not come up: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"{' '.join(command[:4])} did not come up: {log.read_text()[-2000:]}")

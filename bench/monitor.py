@@ -454,6 +454,14 @@ def run_ui_part(
             print(f"Runs page, later opens: {warm}", file=sys.stderr, flush=True)
     finally:
         _servers.stop(proc)
+    proc, url = _servers.serve_floor_page(runs, log=tmp / "floor-server.log")
+    try:
+        with _browser.chromium() as browser:
+            open_runs_page(browser, url, run_ids, timeout_s)  # untimed, as the Runs page's cold open
+            floor = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
+            print(f"floor page, opens: {floor}", file=sys.stderr, flush=True)
+    finally:
+        _servers.stop(proc)
     kept = list((cache / "findings").rglob("*.json")) if (cache / "findings").exists() else []
     return {
         "runs": runs,
@@ -463,6 +471,8 @@ def run_ui_part(
         "cold_s": cold,
         "warm_median_s": _median(warm),
         "warm_samples_s": warm,
+        "floor_median_s": _median(floor),
+        "floor_samples_s": floor,
         "kept_scans": len(kept),
     }
 
@@ -636,8 +646,20 @@ def render(result: dict) -> str:
                         _s(ui["warm_median_s"]),
                         _met(ui["warm_median_s"] < GOAL_UI_S),
                     ],
+                    [
+                        f"floor: `bench/_floor_page.py`, the same {ui['runs']} run ids in one table and "
+                        f"nothing else (median of {len(ui['floor_samples_s'])}: "
+                        + ", ".join(f"{x:.2f}" for x in ui["floor_samples_s"])
+                        + ")",
+                        _s(ui["floor_median_s"]),
+                        "-",
+                    ],
                 ],
             ),
+            "",
+            f"With findings kept the Runs page opens in {ui['warm_median_s'] / ui['floor_median_s']:.2f}x "
+            "the time a bare Streamlit page with the same table takes on this machine: the floor is what "
+            "Streamlit's session start, its websocket and Chromium's render cost whatever the page does.",
             "",
             f"Kept scans found in `$LOGPROBE_CACHE_DIR/findings` after the opens: {ui['kept_scans']} "
             f"(of {ui['runs']} runs; 0 means the page did not keep its scans on disk).",
