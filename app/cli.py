@@ -440,21 +440,10 @@ def parity(
     sys.exit(0 if report.passed else 1)
 
 
-@main.command()
-@root_option
-@click.option("--port", default=8501, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to share it).")
-@click.option("--rules", type=click.Path(dir_okay=False), default=None, help="Alert rules TOML to draw.")
-def ui(root: str, port: int, host: str, rules: str | None) -> None:
-    """Open the dashboard over the store (Streamlit; Ctrl-C to stop)."""
-    missing = [name for name in ("streamlit", "plotly") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise click.ClickException(
-            f"the dashboard needs {' and '.join(missing)}, which this environment lacks: "
-            "pip install 'logprobe[dashboard]' (or '.[dashboard]' in a checkout)"
-        )
-    script = Path(__file__).with_name("dashboard.py")
-    command = [
+def streamlit_command(script: Path, host: str, port: int, *script_args: str) -> list[str]:
+    """How the dashboard's Streamlit server is started (the benchmark's floor page starts the same
+    way, so the two differ only in the page)."""
+    return [
         sys.executable,
         "-m",
         "streamlit",
@@ -471,10 +460,25 @@ def ui(root: str, port: int, host: str, rules: str | None) -> None:
         "--client.toolbarMode",
         "viewer",  # no Deploy button: the dashboard is a viewer, not an app to publish
         "--",
-        "--root",
-        root,
-        *(["--rules", rules] if rules else []),
+        *script_args,
     ]
+
+
+@main.command()
+@root_option
+@click.option("--port", default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 to share it).")
+@click.option("--rules", type=click.Path(dir_okay=False), default=None, help="Alert rules TOML to draw.")
+def ui(root: str, port: int, host: str, rules: str | None) -> None:
+    """Open the dashboard over the store (Streamlit; Ctrl-C to stop)."""
+    missing = [name for name in ("streamlit", "plotly") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(
+            f"the dashboard needs {' and '.join(missing)}, which this environment lacks: "
+            "pip install 'logprobe[dashboard]' (or '.[dashboard]' in a checkout)"
+        )
+    script = Path(__file__).with_name("dashboard.py")
+    command = streamlit_command(script, host, port, "--root", root, *(["--rules", rules] if rules else []))
     Console(stderr=True).print(f"logprobe dashboard on http://{_term(host)}:{port} over {_term(root)}")
     os.execv(sys.executable, command)
 

@@ -70,6 +70,12 @@ def goals_section(verdicts: Sequence[Verdict], measured: str = "measured (median
     return ["## Goals", "", *markdown_table(["goal", "limit", measured, "verdict"], rows), ""]
 
 
+def fields(report: object, *names: str) -> dict[str, Any]:
+    """The named attributes of a report, as its JSON's opening keys: the sizes it ran at, the
+    command and the machine, which every benchmark records before its own numbers."""
+    return {name: getattr(report, name) for name in names}
+
+
 def goals_json(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
     """The goals as the numbers file carries them."""
     keys = ("goal", "limit", "measured", "met")
@@ -135,12 +141,6 @@ def git_commit() -> str:
 # ---------------------------------------------------------------------------------------- CLI
 
 
-def fields(report: object, *names: str) -> dict[str, Any]:
-    """The named attributes of a report, as its JSON's opening keys: the sizes it ran at, the
-    command and the machine, which every benchmark records before its own numbers."""
-    return {name: getattr(report, name) for name in names}
-
-
 def positive_int(text: str) -> int:
     """An argparse type for counts (steps, repeats, runs): zero or less is a usage error."""
     value = int(text)
@@ -155,14 +155,13 @@ def comma_list(item: Callable[[str], T], what: str) -> Callable[[str], list[T]]:
     or a bad part is a usage error that names ``what`` was expected."""
 
     def parse(text: str) -> list[T]:
+        expected = f"expected {what} separated by commas, got {text!r}"
         try:
             values = [item(part.strip()) for part in text.split(",") if part.strip()]
         except (ValueError, argparse.ArgumentTypeError) as exc:
-            raise argparse.ArgumentTypeError(
-                f"expected {what} separated by commas, got {text!r}: {exc}"
-            ) from None
+            raise argparse.ArgumentTypeError(f"{expected}: {exc}") from None
         if not values:
-            raise argparse.ArgumentTypeError(f"expected {what} separated by commas, got {text!r}")
+            raise argparse.ArgumentTypeError(expected)
         return values
 
     return parse

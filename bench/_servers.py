@@ -52,10 +52,10 @@ def serve_ui(
 def serve_floor_page(runs: int, log: Path | None = None) -> tuple[subprocess.Popen, str]:
     """``bench/_floor_page.py`` (one table of ``runs`` run ids) with the flags ``logprobe ui`` gives
     Streamlit, on a free port: the floor the Runs page is compared with."""
+    from logprobe.app.cli import streamlit_command
+
     port = free_port()
-    command = [sys.executable, "-m", "streamlit", "run", str(Path(__file__).with_name("_floor_page.py"))]
-    command += ["--server.headless", "true", "--server.address", "127.0.0.1", "--server.port", str(port)]
-    command += ["--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", str(runs)]
+    command = streamlit_command(Path(__file__).with_name("_floor_page.py"), "127.0.0.1", port, str(runs))
     return _serve_streamlit(command, port, log, None, None, 90)
 
 

@@ -437,6 +437,23 @@ def open_runs_page(browser: Any, url: str, run_ids: Sequence[str], timeout_s: fl
         context.close()
 
 
+def timed_opens(
+    what: str, served: tuple[Any, str], run_ids: Sequence[str], repeats: int, timeout_s: float
+) -> tuple[float, list[float]]:
+    """The first open of a started server's page, then ``repeats`` later ones (each a new Streamlit
+    session); the server is stopped afterwards, whatever happens."""
+    proc, url = served
+    try:
+        with _browser.chromium() as browser:
+            first = open_runs_page(browser, url, run_ids, timeout_s)
+            print(f"{what}, first open: {first:.2f} s", file=sys.stderr, flush=True)
+            later = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
+            print(f"{what}, later opens: {later}", file=sys.stderr, flush=True)
+    finally:
+        _servers.stop(proc)
+    return first, later
+
+
 def run_ui_part(
     runs: int, steps: int, names: Sequence[str], repeats: int, timeout_s: float, tmp: Path
 ) -> dict:
@@ -445,23 +462,10 @@ def run_ui_part(
     build_s, rows = timed(lambda: sum(write_run(root, rid, i, steps, names) for i, rid in enumerate(run_ids)))
     print(f"built {rows:,} rows for the Runs page in {build_s:.1f} s", file=sys.stderr, flush=True)
     env = {**os.environ, "LOGPROBE_CACHE_DIR": str(cache)}
-    proc, url = _servers.serve_ui(root, log=tmp / "ui-server.log", env=env)
-    try:
-        with _browser.chromium() as browser:
-            cold = open_runs_page(browser, url, run_ids, timeout_s)
-            print(f"Runs page, first open: {cold:.2f} s", file=sys.stderr, flush=True)
-            warm = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
-            print(f"Runs page, later opens: {warm}", file=sys.stderr, flush=True)
-    finally:
-        _servers.stop(proc)
-    proc, url = _servers.serve_floor_page(runs, log=tmp / "floor-server.log")
-    try:
-        with _browser.chromium() as browser:
-            open_runs_page(browser, url, run_ids, timeout_s)  # untimed, as the Runs page's cold open
-            floor = [open_runs_page(browser, url, run_ids, timeout_s) for _ in range(repeats)]
-            print(f"floor page, opens: {floor}", file=sys.stderr, flush=True)
-    finally:
-        _servers.stop(proc)
+    served = _servers.serve_ui(root, log=tmp / "ui-server.log", env=env)
+    cold, warm = timed_opens("Runs page", served, run_ids, repeats, timeout_s)
+    floor_server = _servers.serve_floor_page(runs, log=tmp / "floor-server.log")
+    _, floor = timed_opens("floor page", floor_server, run_ids, repeats, timeout_s)
     kept = list((cache / "findings").rglob("*.json")) if (cache / "findings").exists() else []
     return {
         "runs": runs,
