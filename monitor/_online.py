@@ -26,7 +26,8 @@ from logprobe.monitor._thresholds import DEFAULT_THRESHOLDS, Threshold
 # 2: the detectors' calibration changed (CUSUM scale and offset, the spike's Pareto tail), so a scan
 # kept under version 1 is not resumed but done again with the new detectors.
 # 3: the CUSUM takes a heavy innovation's echoes off (two more numbers of state per detector).
-STATE_VERSION = 3
+# 4: a detector against a reference run starts its sum at h / 2 (fast initial response).
+STATE_VERSION = 4
 
 
 @dataclass(frozen=True)
