@@ -545,9 +545,12 @@ class Shift(Detector):
                 fired_at = int(fire[np.searchsorted(fire, a)])
                 self.open = self._open(first, int(steps[fired_at]), seg_mean(fired_at))
                 out.append(self.open)
+            severity = self.open.severity
             self.open = self._update(self.open, int(steps[b]), seg_mean(b))
             if seg != open_id:
                 out.append(self._close())
+            elif self.open.severity != severity:  # worsened (warn to bad) while still open
+                out.append(self.open)
         # Carry the running excursion's sums into the next chunk.
         if open_id is not None:
             a = 0 if open_id == 0 else int(zeros[open_id - 1]) + 1
@@ -624,19 +627,27 @@ class Shift(Detector):
         return self._finding(
             step_first=first,
             step_last=detected,
-            severity="bad" if (base.source != "own" and ratio >= 3**self.spec.power) else "warn",
+            severity=self._severity(ratio),
             value=self.spec.value_of(float(base.center_at(np.asarray(detected))) + excess),
             message=f"{text}; CUSUM passed {self.h:.1f} sigma at step {detected}",
             step_detected=detected,
             state="open",
         )
 
+    def _severity(self, ratio: float) -> str:
+        """Bad when a reference run's level is passed 3x (9x for a quadratic metric), else warn."""
+        assert self.baseline is not None
+        return "bad" if self.baseline.source != "own" and ratio >= 3**self.spec.power else "warn"
+
     def _update(self, f: Finding, last: int, excess: float) -> Finding:
-        text, _ = self._describe(f.step_first, last, excess)
+        """``f`` extended to ``last``; its severity only ever rises (a finding opened on the first
+        steps of a fault, before the excursion's mean has grown to 3x, turns bad when it does)."""
+        text, ratio = self._describe(f.step_first, last, excess)
         base = self.baseline
         assert base is not None
         return replace(
             f,
+            severity="bad" if "bad" in (f.severity, self._severity(ratio)) else "warn",
             step_last=last,
             value=self.spec.value_of(float(base.center_at(np.asarray(last))) + excess),
             message=f"{text}; CUSUM passed {self.h:.1f} sigma at step {f.step_detected}",
