@@ -243,21 +243,22 @@ def warm_start(task: Task, seed: int) -> Any:
         generator = torch.Generator().manual_seed(10_000 + seed)
         digits = torch.tensor(sorted(task.digit_value))
         optimizer = torch.optim.Adam(policy.parameters(), lr=WARM_START_LR)
-        for _ in range(WARM_START_STEPS):
-            targets = torch.tensor(TARGETS)[
-                torch.randint(len(TARGETS), (PROMPTS_PER_STEP,), generator=generator)
-            ]
-            prompts = torch.tensor([task.prompt_ids(int(t)) for t in targets])
-            answers = digits[
-                torch.randint(len(digits), (PROMPTS_PER_STEP, RESPONSE_TOKENS), generator=generator)
-            ]
-            logits = policy(torch.cat([prompts, answers], 1)[:, :-1]).logits[:, prompts.shape[1] - 1 :]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), answers.reshape(-1)
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        with torch.enable_grad():  # a caller's no_grad must not turn the pass into a no-op or an error
+            for _ in range(WARM_START_STEPS):
+                targets = torch.tensor(TARGETS)[
+                    torch.randint(len(TARGETS), (PROMPTS_PER_STEP,), generator=generator)
+                ]
+                prompts = torch.tensor([task.prompt_ids(int(t)) for t in targets])
+                answers = digits[
+                    torch.randint(len(digits), (PROMPTS_PER_STEP, RESPONSE_TOKENS), generator=generator)
+                ]
+                logits = policy(torch.cat([prompts, answers], 1)[:, :-1]).logits[:, prompts.shape[1] - 1 :]
+                loss = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), answers.reshape(-1)
+                )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
         _WARM_STARTS[key] = _snapshot(policy)
     policy = build_policy(*key)
     policy.load_state_dict(_WARM_STARTS[key])

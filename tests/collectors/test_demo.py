@@ -147,3 +147,25 @@ def test_the_monitor_flags_the_broken_runs_and_not_the_healthy_ones(store: Store
     assert threshold_findings("reference") == [] and threshold_findings("all-fixed") == []
     assert any(f.metric == "mismatch/k3" and f.severity == "bad" for f in threshold_findings("raw-logprobs"))
     assert any(f.metric == "mismatch/k3" for f in threshold_findings("prefix-cache-no-reset"))
+
+
+def test_rl_starts_from_a_briefly_supervised_policy(tmp_path: Path) -> None:
+    """``warm_start``: after ``=`` the policy RL starts from puts nearly all its mass on digits, and
+    its logits stand several units apart (where a bf16 head rounds them visibly), unlike a fresh
+    model's, whose logits all sit within about 1 of zero; every scenario of a seed gets the same
+    weights."""
+    import torch
+
+    from logprobe.collectors.demo._loop import build_policy, warm_start
+    from logprobe.collectors.demo._task import build_task
+
+    task = build_task(tmp_path)
+    prompt = torch.tensor([task.prompt_ids(20)])
+    digits = sorted(task.digit_value)
+    with torch.no_grad():
+        fresh = build_policy(len(task.tokenizer), 0)(prompt).logits[0, -1]
+        warm = warm_start(task, 0)(prompt).logits[0, -1]
+    assert torch.softmax(warm, -1)[digits].sum() > 0.95 > 0.5 > torch.softmax(fresh, -1)[digits].sum()
+    assert float(warm.max() - warm.min()) > 5 > 2 > float(fresh.max() - fresh.min())
+    again = warm_start(task, 0).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in warm_start(task, 0).state_dict().items())
