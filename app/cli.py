@@ -764,9 +764,20 @@ def alerts_list(root: str, fmt: str, run_ids: tuple[str, ...]) -> None:
     _emit(table, fmt)
 
 
+def _flat(table: pa.Table) -> pa.Table:
+    """``table`` with each list, struct or map column as JSON text: CSV has no nested cells, and
+    Arrow's writer refuses them ("Unsupported Type") where a post-mortem query's ``list(...)`` or
+    ``histogram(...)`` is a natural thing to ask for."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            cells = [None if v is None else json.dumps(v, default=str) for v in table.column(i).to_pylist()]
+            table = table.set_column(i, field.name, pa.array(cells, pa.string()))
+    return table
+
+
 def _emit(table: pa.Table, fmt: str) -> None:
     if fmt == "csv":
-        pacsv.write_csv(table, sys.stdout.buffer)
+        pacsv.write_csv(_flat(table), sys.stdout.buffer)
     elif fmt == "json":
         click.echo(json.dumps(table.to_pylist(), default=str, indent=1))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -71,6 +72,10 @@ def test_query_formats(root: Path) -> None:
     as_csv = cli("query", sql, "--root", str(root), "--format", "csv").stdout.splitlines()
     assert as_csv[0] == '"run_id","k3"' and as_csv[1] == '"alpha",2'
     assert "beta" in cli("query", sql, "--root", str(root)).stdout
+    # A nested column (a list per run) is a JSON cell in CSV, not Arrow's "Unsupported Type".
+    nested = "SELECT run_id, list(value ORDER BY step) AS v FROM metrics GROUP BY run_id ORDER BY run_id"
+    rows = list(csv.reader(cli("query", nested, "--root", str(root), "--format", "csv").stdout.splitlines()))
+    assert rows[0] == ["run_id", "v"] and rows[1][0] == "alpha" and isinstance(json.loads(rows[1][1]), list)
 
 
 @pytest.mark.parametrize(
