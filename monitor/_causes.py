@@ -28,7 +28,8 @@ ABSOLUTE_LIMIT = 1e-2  # mean |d| no healthy engine/trainer pair reaches (seed: 
 REFERENCE_FACTOR = 2.0  # elevated: this many times the reference's 90th percentile
 # A rule whose cause the engine config already shows (a bf16 head) needs less: this many times the
 # reference's median, on two of three steps. A bf16 head's error grows with the logits, so on a fresh
-# policy it starts only 10-50% above a bf16 model's floor (real vLLM demo: 1.4e-3 against 1.28e-3).
+# near-uniform policy it starts only 10-50% above a bf16 model's floor (real vLLM: 1.4e-3 against
+# 1.28e-3); on the demo's warm-started policy, whose logits stand units apart, 3-8x.
 CORROBORATED_FACTOR = 1.25
 MIN_STEPS = 2  # a cause must show on at least this many elevated steps
 MIN_CONFIDENCE = 0.3
