@@ -44,6 +44,7 @@ REFERENCE_TOLERANCE = 1.5
 # engine against an fp32 trainer sits near 2e-7), so a ratio of two such levels means nothing.
 SLACK = 1e-6
 PAIRS_FROM = 3  # with no single change enough, pairs of the best this many are tried
+PAIR_MIN_EFFECT = 0.05  # share of the excess a single must move, either way, to be paired
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -439,16 +440,23 @@ def _describe(changes: dict[str, Any]) -> str:
 
 def plan_pairs(singles: list[Variant], recorded: Settings, target: Target) -> list[Variant]:
     """When no single change reaches the target, the pairs of the (up to) ``PAIRS_FROM`` singles
-    that removed the most; they are scored like any variant."""
+    that moved the mismatch most, either way, one of them for the better; they are scored like
+    any variant. A change that makes things worse alone can be half of the fix when two faults'
+    errors partly cancel: on the seed's V1 default at step 4 a prefix-cache reset alone is 1.12x
+    worse (the stale KV offsets part of the raw-logprob gap), and with processed logprobs it
+    reaches V0's level. A move under ``PAIR_MIN_EFFECT`` of the excess is no effect (the replays
+    are deterministic, so a setting that does not matter moves nothing)."""
     limit = target.bar
     if any(not v.error and v.level <= limit for v in singles):
         return []
-    helped = sorted(
-        (v for v in singles if not v.error and v.removed is not None and v.removed > 0.1),
-        key=lambda v: -(v.removed or 0.0),
+    moved = sorted(
+        (v for v in singles if not v.error and v.removed is not None and abs(v.removed) > PAIR_MIN_EFFECT),
+        key=lambda v: -abs(v.removed or 0.0),
     )[:PAIRS_FROM]
     out = []
-    for a, b in itertools.combinations(helped, 2):
+    for a, b in itertools.combinations(moved, 2):
+        if max(a.removed or 0.0, b.removed or 0.0) <= PAIR_MIN_EFFECT:
+            continue  # two changes that only hurt
         changes = {**a.changes, **b.changes}
         out.append(Variant(f"{a.name}+{b.name}", changes, recorded.apply(changes)))
     return out

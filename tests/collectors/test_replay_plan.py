@@ -165,6 +165,13 @@ def test_removed_share_and_pairs_when_no_single_change_is_enough() -> None:
     assert [p.name for p in pairs] == ["head_dtype+logprobs_mode"]  # batch removed 1%: not paired
     assert pairs[0].changes == {"head_dtype": True, "logprobs_mode": True}
     assert plan_pairs([a, _v("sampling", 0.00105)], Settings(), floor) == []  # one single suffices
+    # Two faults whose errors partly cancel: fixing one alone is worse, and still half of the fix.
+    worse = _v("prefix_cache_reset", 0.0112, {"reset_prefix_cache": True})
+    hurts_too = _v("prefix_caching", 0.0112, {"enable_prefix_caching": False})
+    for v in (worse, hurts_too):
+        v.removed = _removed(0.01, v.level, floor)
+    pairs = plan_pairs([a, worse, hurts_too, c], Settings(), floor)
+    assert [p.name for p in pairs] == ["logprobs_mode+prefix_cache_reset", "logprobs_mode+prefix_caching"]
 
 
 @pytest.mark.slow
